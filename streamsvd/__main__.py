@@ -1,0 +1,3 @@
+from streamsvd.cli import main
+
+main()

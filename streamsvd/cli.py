@@ -1,0 +1,189 @@
+"""The ``streamsvd`` command.
+
+Every command prints a clear message and exits non-zero on bad input; the exit
+code tells the kind of failure (see ``streamsvd.errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from streamsvd.errors import StreamSVDError
+
+app = typer.Typer(
+    name="streamsvd",
+    help="Keep the truncated SVD of a growing matrix: ingest rows, fit, update, use the factors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StoreArg = Annotated[str, typer.Argument(help="Store: a local path or s3://bucket/prefix.")]
+
+
+@contextmanager
+def _errors_to_exit() -> Iterator[None]:
+    try:
+        yield
+    except StreamSVDError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    if not enabled:
+        yield None
+        return
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+
+        def update(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def ingest(
+    store: StoreArg,
+    sources: Annotated[
+        list[str], typer.Argument(help="Files, landing folders or globs; each file is a batch.")
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="auto|npy|csv|parquet|hdf5|zarr")
+    ] = "auto",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset path inside HDF5 files (or a Zarr group).")
+    ] = None,
+    chunk_rows: Annotated[
+        int | None, typer.Option(help="Rows per chunk of a new store (default ~8 MiB).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32|float64 for a new store (default: from data).")
+    ] = None,
+    codec: Annotated[str, typer.Option(help="lz4|zstd|none for a new store.")] = "lz4",
+    nan: Annotated[
+        str, typer.Option(help="reject|zero|drop: what to do with NaN and Inf.")
+    ] = "reject",
+    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 128,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Append row sources to STORE in one commit (creating it on first use)."""
+    from streamsvd.store.ingest import IngestOptions
+    from streamsvd.store.ingest import ingest as run_ingest
+
+    with _errors_to_exit():
+        options = IngestOptions(
+            format=format,
+            dataset=dataset,
+            chunk_rows=chunk_rows,
+            dtype=dtype,
+            codec=codec,
+            nan=nan,
+            memory_budget=memory_mb * 1024 * 1024,
+        )
+        with _progress(progress and err_console.is_terminal) as callback:
+            report = run_ingest(store, sources, options=options, progress=callback)
+    for skipped in report.skipped:
+        console.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False)
+    if report.version is None:
+        console.print("nothing new to ingest; the store is unchanged", highlight=False)
+        return
+    for batch in report.batches:
+        extra = ""
+        if batch.nan_values:
+            extra = f" ({batch.nan_values} NaN/Inf values, {batch.dropped_rows} rows dropped)"
+        console.print(
+            f"batch {batch.id[:20]}… {Path(batch.source).name}: rows "
+            f"{batch.row_start}–{batch.row_stop}{extra}",
+            highlight=False,
+        )
+    console.print(
+        f"ingested {report.rows_added} rows in {report.seconds:.1f} s → version {report.version}",
+        highlight=False,
+    )
+
+
+@app.command()
+def info(
+    store: StoreArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (a stable interface).")
+    ] = False,
+    version: Annotated[str | None, typer.Option(help="A version id (default: newest).")] = None,
+) -> None:
+    """Show rows, columns, chunking, batches, version and the factors of STORE."""
+    from streamsvd.store.info import store_info
+
+    with _errors_to_exit():
+        summary = store_info(store, version=version)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("store", "rows", "cols", "dtype", "chunk_rows", "codec", "batches", "version"):
+        table.add_row(key, str(summary[key]))
+    factors = summary.get("factors")
+    if factors:
+        table.add_row("rank", str(factors["rank"]))
+        table.add_row("rows covered", str(factors["rows_covered"]))
+        table.add_row("relative error", f"{factors['relative_error']:.6g}")
+        table.add_row("captured energy", f"{factors['captured_energy']:.6g}")
+        top = ", ".join(f"{v:.4g}" for v in factors["singular_values"][:5])
+        table.add_row("top singular values", top)
+    else:
+        table.add_row("factors", "none yet (run `streamsvd fit`)")
+    console.print(table)
+
+
+@app.command()
+def log(store: StoreArg) -> None:
+    """List the versions of STORE, newest first, with their messages."""
+    from streamsvd.store.repository import Store
+
+    with _errors_to_exit():
+        versions = Store.open(store).versions()
+    table = Table("version", "time (UTC)", "message")
+    for v in versions:
+        table.add_row(v.id, v.time.strftime("%Y-%m-%d %H:%M:%S"), v.message)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``streamsvd`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Storage: the Icechunk/Zarr store, its sources, ingest and export."""

@@ -1,0 +1,351 @@
+"""Ingest: append row sources to a store, validated, in bounded memory, one commit.
+
+Memory stays within a budget whatever the file size: sources are read in row
+blocks of at most ``memory_budget`` bytes. Every ingest is one commit: readers
+see all of its batches or none, a crash leaves the previous version, and a
+re-run finishes the work. A batch whose content hash is already in the log is
+skipped (said so in the report), which makes retries idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamsvd.errors import ConfigError, InvalidInputError, ShapeMismatchError
+from streamsvd.store import checkpoints, layout
+from streamsvd.store.matrix import (
+    BatchRecord,
+    MatrixMeta,
+    append_block,
+    init_matrix,
+    matrix_array,
+    read_batch_log,
+    read_meta,
+    write_batch_log,
+)
+from streamsvd.store.repository import Store, Transaction
+from streamsvd.store.sources import (
+    Source,
+    content_hash,
+    expand_sources,
+    open_source,
+    rows_for_budget,
+)
+
+NAN_POLICIES = ("reject", "zero", "drop")
+DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
+
+ProgressCallback = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How sources are read and, for a new store, how it is laid out.
+
+    Parameters
+    ----------
+    format : str
+        ``auto`` (from the suffix) or one of npy, csv, parquet, hdf5, zarr.
+    dataset : str, optional
+        Dataset path inside HDF5 files (or array path inside a Zarr group).
+    chunk_rows : int, optional
+        Rows per chunk of a new store (default: about 8 MiB per chunk).
+    dtype : str, optional
+        ``float32`` or ``float64`` for a new store (default: from the first source).
+    codec : str
+        Compression of a new store: ``zstd`` (default), ``lz4`` or ``none``.
+    nan : str
+        ``reject`` (default) NaN/Inf, ``zero`` them, or ``drop`` their rows.
+    memory_budget : int
+        Bytes of one block read from a source.
+    """
+
+    format: str = "auto"
+    dataset: str | None = None
+    chunk_rows: int | None = None
+    dtype: str | None = None
+    codec: str = layout.DEFAULT_CODEC
+    nan: str = "reject"
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def __post_init__(self) -> None:
+        if self.nan not in NAN_POLICIES:
+            raise ConfigError(f"--nan must be one of {', '.join(NAN_POLICIES)}; got {self.nan!r}")
+        if self.dtype is not None and self.dtype not in layout.STORE_DTYPES:
+            raise ConfigError(
+                f"--dtype must be one of {', '.join(layout.STORE_DTYPES)}; got {self.dtype!r}"
+            )
+        if self.codec not in layout.CODECS:
+            raise ConfigError(
+                f"--codec must be one of {', '.join(layout.CODECS)}; got {self.codec!r}"
+            )
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows must be at least 1; got {self.chunk_rows}")
+        if self.memory_budget < 1024:
+            raise ConfigError(
+                f"the memory budget must be at least 1024 bytes; got {self.memory_budget}"
+            )
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source that was not ingested, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest did."""
+
+    store: str
+    version: str | None
+    batches: list[BatchRecord] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    rows_added: int = 0
+    seconds: float = 0.0
+    created: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.version is not None
+
+
+def ingest(
+    store: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    options: IngestOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> IngestReport:
+    """Append the rows of ``sources`` to ``store`` in one commit.
+
+    The store is created on first use. Sources are files, directories (landing
+    folders: new files in name order) or globs; each file is one batch.
+
+    Parameters
+    ----------
+    store : str or Path
+        A local path or ``s3://bucket/prefix``.
+    sources : sequence of str or Path
+        Files, directories or glob patterns.
+    options : IngestOptions, optional
+        Reading and layout options.
+    progress : callable, optional
+        Called as ``progress(source_name, rows_done, rows_total_or_None)``.
+
+    Returns
+    -------
+    IngestReport
+        The new version (None when nothing changed), batches and skipped sources.
+
+    Memory: one block of at most ``options.memory_budget`` bytes, twice (read and
+    cast), plus one chunk being compressed per thread. Passes: one over each source
+    to hash it, one to read it.
+    """
+    options = options or IngestOptions()
+    started = time.perf_counter()
+    paths = expand_sources(sources)
+    with Store.open_for_writing(store) as opened:
+        created = not opened.is_initialized()
+        with opened.transaction() as tx:
+            report = _ingest_into(tx, paths, options, progress, created=created)
+            if report.batches:
+                version = tx.commit(
+                    _commit_message(report.batches),
+                    metadata={"operation": "ingest", "batches": [b.id for b in report.batches]},
+                )
+            else:
+                version = None
+        return IngestReport(
+            store=str(opened.location),
+            version=version,
+            batches=report.batches,
+            skipped=report.skipped,
+            rows_added=sum(b.rows for b in report.batches),
+            seconds=time.perf_counter() - started,
+            created=created and version is not None,
+        )
+
+
+@dataclass
+class _Partial:
+    batches: list[BatchRecord]
+    skipped: list[Skipped]
+
+
+def _ingest_into(
+    tx: Transaction,
+    paths: list[Path],
+    options: IngestOptions,
+    progress: ProgressCallback | None,
+    *,
+    created: bool,
+) -> _Partial:
+    group = tx.group
+    known = {} if created else {b.id: b for b in read_batch_log(group)}
+    log = [] if created else read_batch_log(group)
+    meta = None if created else read_meta(group)
+    partial = _Partial(batches=[], skipped=[])
+
+    # Open everything and check shapes before the first write: a wrong column
+    # count anywhere fails the whole ingest before any data moves.
+    opened: list[tuple[Path, str, Source]] = []
+    try:
+        for path in paths:
+            batch_id = content_hash(path, dataset=options.dataset)
+            if batch_id in known:
+                prev = known[batch_id]
+                partial.skipped.append(
+                    Skipped(
+                        str(path),
+                        f"already ingested as batch {batch_id[:20]}… from {prev.source} "
+                        f"(rows {prev.row_start}–{prev.row_stop}); nothing to do",
+                    )
+                )
+                continue
+            if any(batch_id == other for _, other, _ in opened):
+                partial.skipped.append(
+                    Skipped(str(path), "same content as an earlier source in this ingest")
+                )
+                continue
+            source = open_source(path, format=options.format, dataset=options.dataset)
+            opened.append((path, batch_id, source))
+            expected = meta.n_cols if meta is not None else opened[0][2].n_cols
+            if source.n_cols != expected:
+                where = (
+                    f"the store has {expected} columns"
+                    if meta is not None
+                    else f"the first source {opened[0][0]} has {expected}"
+                )
+                raise ShapeMismatchError(
+                    f"{path}: {source.n_cols} columns, but {where}; every row of a store "
+                    "has the same columns. Fix the file, or ingest it into another store."
+                )
+        if not opened:
+            return partial
+        if meta is None:
+            first = opened[0][2]
+            dtype = options.dtype or layout.default_store_dtype(np.dtype(first.dtype))
+            chunk_rows = options.chunk_rows or layout.default_chunk_rows(
+                first.n_cols, np.dtype(dtype).itemsize
+            )
+            meta = MatrixMeta(
+                n_cols=first.n_cols, dtype=dtype, chunk_rows=chunk_rows, codec=options.codec
+            )
+            init_matrix(group, meta)
+        array = matrix_array(group)
+        checkpoints.reached("after-open")
+        for path, batch_id, source in opened:
+            record = _ingest_one(array, meta, path, batch_id, source, options, progress)
+            log.append(record)
+            partial.batches.append(record)
+        write_batch_log(group, log)
+    finally:
+        for _, _, source in opened:
+            source.close()
+    return partial
+
+
+def _ingest_one(
+    array: Any,
+    meta: MatrixMeta,
+    path: Path,
+    batch_id: str,
+    source: Source,
+    options: IngestOptions,
+    progress: ProgressCallback | None,
+) -> BatchRecord:
+    store_dtype = np.dtype(meta.dtype)
+    itemsize = max(np.dtype(source.dtype).itemsize, store_dtype.itemsize)
+    # Blocks are whole multiples of the chunk so writes stay chunk-aligned.
+    rows = rows_for_budget(meta.n_cols, itemsize, options.memory_budget)
+    rows = max(meta.chunk_rows, (rows // meta.chunk_rows) * meta.chunk_rows)
+    row_start = array.shape[0]
+    nan_values = dropped = done = 0
+    for block in source.blocks(rows):
+        data, n_bad, n_dropped = _validate(block.data, block.row_start, source, options.nan)
+        nan_values += n_bad
+        dropped += n_dropped
+        data = _cast(data, store_dtype, block.row_start, source)
+        if data.shape[0]:
+            append_block(array, data)
+        done += block.data.shape[0]
+        if progress is not None:
+            progress(path.name, done, source.n_rows)
+        checkpoints.reached("after-block")
+    row_stop = array.shape[0]
+    if done == 0:
+        raise InvalidInputError(f"{path} is empty: it has no data rows. Remove it or fill it.")
+    return BatchRecord(
+        id=batch_id,
+        source=str(path),
+        row_start=row_start,
+        row_stop=row_stop,
+        rows=row_stop - row_start,
+        format=source.format,
+        nan_policy=options.nan,
+        nan_values=nan_values,
+        dropped_rows=dropped,
+        time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _validate(
+    data: np.ndarray[Any, Any], row_start: int, source: Source, policy: str
+) -> tuple[np.ndarray[Any, Any], int, int]:
+    """Apply the NaN/Inf policy; returns (data, values replaced, rows dropped)."""
+    if data.dtype.kind != "f":
+        return data, 0, 0
+    finite = np.isfinite(data)
+    if finite.all():
+        return data, 0, 0
+    if policy == "reject":
+        row, col = np.argwhere(~finite)[0]
+        value = data[row, col]
+        raise InvalidInputError(
+            f"{source.path}: {source.describe_row(row_start + int(row))}, column {int(col) + 1} "
+            f"holds {value}; NaN and Inf are rejected. Clean the file, or pass --nan zero "
+            "(replace them by 0) or --nan drop (drop their rows)."
+        )
+    if policy == "zero":
+        bad = int((~finite).sum())
+        data = np.where(finite, data, 0).astype(data.dtype, copy=False)
+        return data, bad, 0
+    keep = finite.all(axis=1)
+    bad = int((~finite).sum())
+    return np.ascontiguousarray(data[keep]), bad, int((~keep).sum())
+
+
+def _cast(
+    data: np.ndarray[Any, Any], dtype: np.dtype[Any], row_start: int, source: Source
+) -> np.ndarray[Any, Any]:
+    if data.dtype == dtype:
+        return data
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = data.astype(dtype)
+    if data.dtype.kind == "f" and dtype.itemsize < data.dtype.itemsize:
+        finite = np.isfinite(cast)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise InvalidInputError(
+                f"{source.path}: {source.describe_row(row_start + int(row))}, column "
+                f"{int(col) + 1} holds {data[row, col]}, beyond the range of the store's "
+                f"{dtype}; create the store with --dtype float64 or scale the data."
+            )
+    return cast
+
+
+def _commit_message(batches: list[BatchRecord]) -> str:
+    rows = sum(b.rows for b in batches)
+    names = ", ".join(Path(b.source).name for b in batches[:3])
+    more = f" and {len(batches) - 3} more" if len(batches) > 3 else ""
+    return f"ingest {len(batches)} batch(es), {rows} rows: {names}{more}"

@@ -1,0 +1,103 @@
+"""The data matrix and the batch log inside a store's root group."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from streamsvd.errors import NotAStoreError
+from streamsvd.store import layout
+
+
+@dataclass(frozen=True)
+class MatrixMeta:
+    """What a store's matrix is: fixed at creation."""
+
+    n_cols: int
+    dtype: str
+    chunk_rows: int
+    codec: str
+    kind: str = "dense"
+    format: int = layout.FORMAT_VERSION
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One ingested batch: a source's rows, identified by their content hash."""
+
+    id: str
+    source: str
+    row_start: int
+    row_stop: int
+    rows: int
+    format: str
+    nan_policy: str
+    nan_values: int
+    dropped_rows: int
+    time: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def init_matrix(group: zarr.Group, meta: MatrixMeta) -> zarr.Array:
+    """Create the empty matrix and batch log in a new store's root group."""
+    created = meta.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    meta = MatrixMeta(**{**asdict(meta), "created": created})
+    group.attrs[layout.FORMAT_KEY] = asdict(meta)
+    # No sharding codec: Dask writes whole chunks only (dask#12583, zarr#3682).
+    array = group.create_array(
+        layout.MATRIX,
+        shape=(0, meta.n_cols),
+        chunks=(meta.chunk_rows, meta.n_cols),
+        dtype=meta.dtype,
+        compressors=layout.compressors_for(meta.codec),
+        fill_value=0.0,
+        dimension_names=("row", "col"),
+    )
+    batches = group.create_group(layout.BATCHES)
+    batches.attrs["log"] = []
+    return array
+
+
+def read_meta(group: zarr.Group) -> MatrixMeta:
+    raw = group.attrs.get(layout.FORMAT_KEY)
+    if not isinstance(raw, dict):
+        raise NotAStoreError("the store's root group has no streamsvd metadata")
+    if int(raw.get("format", 0)) > layout.FORMAT_VERSION:
+        raise NotAStoreError(
+            f"the store was written by a newer streamsvd (format {raw.get('format')}, "
+            f"this one reads up to {layout.FORMAT_VERSION}); upgrade streamsvd"
+        )
+    fields = MatrixMeta.__dataclass_fields__
+    return MatrixMeta(**{k: v for k, v in raw.items() if k in fields})
+
+
+def matrix_array(group: zarr.Group) -> zarr.Array:
+    array = group[layout.MATRIX]
+    assert isinstance(array, zarr.Array)  # the layout guarantees it
+    return array
+
+
+def read_batch_log(group: zarr.Group) -> list[BatchRecord]:
+    entries = group[layout.BATCHES].attrs.get("log", [])
+    fields = BatchRecord.__dataclass_fields__
+    return [BatchRecord(**{k: v for k, v in e.items() if k in fields}) for e in entries]
+
+
+def write_batch_log(group: zarr.Group, records: list[BatchRecord]) -> None:
+    group[layout.BATCHES].attrs["log"] = [r.to_json() for r in records]
+
+
+def append_block(array: zarr.Array, block: np.ndarray[Any, Any]) -> tuple[int, int]:
+    """Append rows at the end of the matrix; returns their row range."""
+    start = array.shape[0]
+    stop = start + block.shape[0]
+    array.resize((stop, array.shape[1]))
+    array[start:stop] = block
+    return start, stop

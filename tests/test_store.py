@@ -1,0 +1,223 @@
+"""The store: ingest, batch log, idempotency, bad input, info, versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from streamsvd.errors import (
+    InvalidInputError,
+    NotAStoreError,
+    ShapeMismatchError,
+    StoreNotFoundError,
+)
+from streamsvd.store.info import store_info
+from streamsvd.store.ingest import IngestOptions, ingest
+from streamsvd.store.matrix import matrix_array, read_batch_log
+from streamsvd.store.repository import Store
+from tests.conftest import write_npy
+
+
+def stored_rows(store: Path) -> np.ndarray:
+    return np.asarray(matrix_array(Store.open(store).root())[:])
+
+
+def test_ingest_appends_batches_in_order(tmp_path: Path, rng: np.random.Generator) -> None:
+    parts = [rng.standard_normal((n, 7)) for n in (5, 300, 1)]
+    files = [write_npy(tmp_path / f"part{i}.npy", p) for i, p in enumerate(parts)]
+    store = tmp_path / "store"
+    first = ingest(store, files[:1], options=IngestOptions(chunk_rows=64))
+    second = ingest(store, files[1:], options=IngestOptions(chunk_rows=999))  # ignored: exists
+    assert first.created
+    assert not second.created
+    np.testing.assert_array_equal(stored_rows(store), np.vstack(parts))
+    log = read_batch_log(Store.open(store).root())
+    assert [(b.row_start, b.row_stop) for b in log] == [(0, 5), (5, 305), (305, 306)]
+    assert [Path(b.source).name for b in log] == ["part0.npy", "part1.npy", "part2.npy"]
+    info = store_info(store)
+    assert {k: info[k] for k in ("rows", "cols", "dtype", "chunk_rows", "batches")} == {
+        "rows": 306,
+        "cols": 7,
+        "dtype": "float64",
+        "chunk_rows": 64,
+        "batches": 3,
+    }
+    assert info["version"] == second.version
+    assert len(Store.open(store).versions()) == 3  # initial + two ingests
+
+
+def test_same_content_is_a_no_op_that_says_so(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.standard_normal((50, 3)).astype(np.float32)
+    a = write_npy(tmp_path / "a.npy", data)
+    b = write_npy(tmp_path / "copy-of-a.npy", data)
+    store = tmp_path / "s"
+    ingest(store, [a])
+    version = Store.open(store).current_version()
+    again = ingest(store, [a, b])
+    assert again.version is None
+    assert not again.changed
+    assert [s.source for s in again.skipped] == [str(a), str(b)]
+    assert "already ingested" in again.skipped[0].reason
+    assert Store.open(store).current_version() == version
+    assert stored_rows(store).shape == (50, 3)
+
+
+def test_duplicate_within_one_ingest_is_counted_once(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    data = rng.standard_normal((10, 2))
+    a = write_npy(tmp_path / "a.npy", data)
+    b = write_npy(tmp_path / "b.npy", data)
+    report = ingest(tmp_path / "s", [a, b])
+    assert report.rows_added == 10
+    assert len(report.skipped) == 1
+
+
+@pytest.mark.parametrize(
+    ("source_dtype", "store_dtype"),
+    [
+        (np.float32, "float32"),
+        (np.float64, "float64"),
+        (np.int16, "float32"),
+        (np.int64, "float64"),
+        (np.bool_, "float32"),
+    ],
+)
+def test_default_store_dtype_follows_the_documented_rule(
+    tmp_path: Path, source_dtype: type, store_dtype: str
+) -> None:
+    data = (np.arange(12).reshape(4, 3) % 2).astype(source_dtype)
+    ingest(tmp_path / "s", [write_npy(tmp_path / "x.npy", data)])
+    assert store_info(tmp_path / "s")["dtype"] == store_dtype
+    np.testing.assert_array_equal(stored_rows(tmp_path / "s"), data.astype(store_dtype))
+
+
+def test_wrong_column_count_changes_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = tmp_path / "s"
+    ingest(store, [write_npy(tmp_path / "a.npy", rng.standard_normal((4, 3)))])
+    version = Store.open(store).current_version()
+    good = write_npy(tmp_path / "b.npy", rng.standard_normal((4, 3)))
+    bad = write_npy(tmp_path / "c.npy", rng.standard_normal((4, 5)))
+    with pytest.raises(ShapeMismatchError, match=r"c\.npy: 5 columns, but the store has 3"):
+        ingest(store, [good, bad])
+    assert Store.open(store).current_version() == version
+    assert stored_rows(store).shape == (4, 3)
+
+
+def test_nan_is_rejected_naming_file_row_and_fix(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.standard_normal((1000, 4))
+    data[777, 2] = np.nan
+    bad = write_npy(tmp_path / "bad.npy", data)
+    store = tmp_path / "s"
+    ingest(store, [write_npy(tmp_path / "ok.npy", rng.standard_normal((3, 4)))])
+    version = Store.open(store).current_version()
+    with pytest.raises(InvalidInputError, match=r"bad\.npy: row 777, column 3 .*--nan zero"):
+        ingest(store, [bad], options=IngestOptions(memory_budget=4096))
+    assert Store.open(store).current_version() == version
+
+
+def test_bad_first_ingest_leaves_no_store(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.standard_normal((10, 4))
+    data[3, 0] = np.inf
+    store = tmp_path / "new"
+    with pytest.raises(InvalidInputError, match=r"row 3, column 1 holds inf"):
+        ingest(store, [write_npy(tmp_path / "bad.npy", data)])
+    assert not store.exists()
+
+
+def test_nan_zero_and_drop_are_counted(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.standard_normal((20, 3))
+    data[[2, 2, 9], [0, 1, 2]] = [np.nan, np.inf, -np.inf]
+    src = write_npy(tmp_path / "x.npy", data)
+    zero = ingest(tmp_path / "z", [src], options=IngestOptions(nan="zero"))
+    assert (zero.batches[0].nan_values, zero.batches[0].dropped_rows) == (3, 0)
+    expected = np.where(np.isfinite(data), data, 0)
+    np.testing.assert_array_equal(stored_rows(tmp_path / "z"), expected)
+    drop = ingest(tmp_path / "d", [src], options=IngestOptions(nan="drop"))
+    assert (drop.batches[0].nan_values, drop.batches[0].dropped_rows) == (3, 2)
+    np.testing.assert_array_equal(stored_rows(tmp_path / "d"), np.delete(data, [2, 9], axis=0))
+
+
+def test_float32_overflow_is_an_error(tmp_path: Path) -> None:
+    ingest(tmp_path / "s", [write_npy(tmp_path / "a.npy", np.ones((2, 2), np.float32))])
+    big = np.ones((3, 2))
+    big[1, 1] = 1e300
+    with pytest.raises(InvalidInputError, match=r"big\.npy: row 1, column 2 .*--dtype float64"):
+        ingest(tmp_path / "s", [write_npy(tmp_path / "big.npy", big)])
+
+
+def test_path_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "notes.txt").write_text("hello")
+    with pytest.raises(NotAStoreError, match=r"dir is not a streamsvd store"):
+        Store.open(tmp_path / "dir")
+    with pytest.raises(NotAStoreError, match=r"not a streamsvd store"):
+        ingest(tmp_path / "dir", [write_npy(tmp_path / "a.npy", np.ones((2, 2)))])
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir())[-1] == "notes.txt"
+    with pytest.raises(StoreNotFoundError, match=r"no streamsvd store at .*missing"):
+        Store.open(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotAStoreError, match=r"file is a file"):
+        Store.open(tmp_path / "file")
+
+
+def test_foreign_icechunk_repository_is_refused(tmp_path: Path) -> None:
+    import icechunk
+
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "r")))
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="w").attrs["other"] = 1
+    session.commit("someone else's data")
+    with pytest.raises(NotAStoreError, match=r"streamsvd did not create"):
+        Store.open(tmp_path / "r")
+
+
+def test_landing_folder_skips_what_was_ingested(tmp_path: Path, rng: np.random.Generator) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_npy(landing / "001.npy", rng.standard_normal((5, 2)))
+    store = tmp_path / "s"
+    assert ingest(store, [landing]).rows_added == 5
+    write_npy(landing / "002.npy", rng.standard_normal((7, 2)))
+    report = ingest(store, [landing])
+    assert report.rows_added == 7
+    assert len(report.skipped) == 1
+    assert store_info(store)["rows"] == 12
+
+
+def test_info_json_is_stable(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from streamsvd.cli import app
+
+    src = write_npy(tmp_path / "a.npy", np.ones((3, 4), np.float32))
+    runner = CliRunner()
+    result = runner.invoke(app, ["ingest", str(tmp_path / "s"), str(src)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["info", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert {"rows", "cols", "dtype", "chunk_rows", "batches", "version"} <= payload.keys()
+    assert (payload["rows"], payload["cols"], payload["batches"]) == (3, 4, 1)
+    result = runner.invoke(app, ["log", str(tmp_path / "s")])
+    assert result.exit_code == 0
+    assert "ingest 1 batch" in result.stdout
+
+
+def test_cli_bad_input_exits_non_zero_with_message(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from streamsvd.cli import app
+
+    data = np.ones((3, 2))
+    data[1, 0] = np.nan
+    src = write_npy(tmp_path / "bad.npy", data)
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "s"), str(src)])
+    assert result.exit_code == InvalidInputError.exit_code
+    assert "bad.npy: row 1, column 1 holds nan" in result.stderr
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code == StoreNotFoundError.exit_code
