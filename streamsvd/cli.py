@@ -180,6 +180,101 @@ def log(store: StoreArg) -> None:
     console.print(table)
 
 
+SchedulerOpt = Annotated[
+    str,
+    typer.Option(
+        "--scheduler",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Dask scheduler address (tcp://host:8786), 'local' for an embedded "
+        "LocalCluster, or 'threads'/'sync' for no cluster.",
+    ),
+]
+
+
+def _parse_rank(rank: str) -> int | str:
+    return int(rank) if rank.strip().isdigit() else rank.strip()
+
+
+@app.command()
+def fit(
+    store: StoreArg,
+    rank: Annotated[
+        str, typer.Option(help="k, or a rule: energy:0.9, tol:0.05 or gd (Gavish–Donoho).")
+    ] = "10",
+    oversample: Annotated[int, typer.Option(help="Extra sketch columns p.")] = 10,
+    power_iters: Annotated[int, typer.Option(help="Power iterations q (q+1 passes).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random test matrix.")] = 0,
+    center: Annotated[bool, typer.Option(help="PCA mode: factor the centred matrix.")] = False,
+    dtype: Annotated[
+        str, typer.Option(help="float64|float32 arithmetic of the power passes.")
+    ] = "float64",
+    max_rank: Annotated[
+        int | None, typer.Option(help="Largest rank a tol: rule may grow to.")
+    ] = None,
+    scheduler: SchedulerOpt = "local",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per pass.")] = True,
+) -> None:
+    """Fit a rank-k truncated SVD of STORE in q+1 passes and commit the factors."""
+    import streamsvd
+
+    with _errors_to_exit():
+        summary = streamsvd.fit(
+            store,
+            rank=_parse_rank(rank),
+            oversample=oversample,
+            power_iters=power_iters,
+            seed=seed,
+            center=center,
+            dtype=dtype,
+            max_rank=max_rank,
+            scheduler=scheduler,
+            progress=progress and err_console.is_terminal,
+        )
+    console.print(
+        f"rank {summary['rank']} ({summary['rank_reason']}); relative error "
+        f"{summary['relative_error']:.6g}, captured energy {summary['captured_energy']:.6g} "
+        f"→ version {summary['version']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def verify(
+    store: StoreArg,
+    scheduler: SchedulerOpt = "local",
+    version: Annotated[str | None, typer.Option(help="A version id (default: newest).")] = None,
+) -> None:
+    """Measure the true residual and orthogonality in one pass; fail if they disagree."""
+    import streamsvd
+
+    with _errors_to_exit():
+        report = streamsvd.verify(store, scheduler=scheduler, version=version)
+    console.print(
+        f"relative error: recorded {report.recorded_error:.9g}, measured "
+        f"{report.measured_error:.9g}; ‖UᵀU − I‖ = {report.orthogonality_u:.2e}, "
+        f"‖VᵀV − I‖ = {report.orthogonality_v:.2e}: ok",
+        highlight=False,
+    )
+
+
+@app.command()
+def export(
+    store: StoreArg,
+    out: Annotated[Path, typer.Argument(help="Output path of the plain Zarr v3 group.")],
+    rank: Annotated[
+        int | None, typer.Option(help="Write a smaller truncation (default: all).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    scheduler: SchedulerOpt = "threads",
+) -> None:
+    """Export the factors (U, S, Vt, mean) as a plain Zarr group any Zarr reader opens."""
+    import streamsvd
+
+    with _errors_to_exit():
+        path = streamsvd.export(store, out, rank=rank, overwrite=overwrite, scheduler=scheduler)
+    console.print(f"wrote {path}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``streamsvd`` console script."""
     app()

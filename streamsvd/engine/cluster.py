@@ -1,0 +1,104 @@
+"""Connecting to Dask: an embedded LocalCluster by default, or a scheduler by address.
+
+The address comes from the argument, else ``DASK_SCHEDULER_ADDRESS``; TLS uses
+distributed's own security settings (``distributed.security.Security``, or the
+``DASK_DISTRIBUTED__COMM__TLS__*`` configuration). On connect the versions of the
+packages that must agree are compared across client, scheduler and workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from streamsvd.errors import ConfigError
+
+# Packages whose versions must agree between client, scheduler and workers:
+# a mismatch here changes results or breaks (de)serialization.
+MUST_MATCH = ("python", "dask", "distributed", "numpy", "zarr", "icechunk", "streamsvd")
+
+
+@contextmanager
+def dask_client(
+    address: str | None = None,
+    *,
+    n_workers: int = 1,
+    threads_per_worker: int | None = None,
+    security: Any = None,
+    check_versions: bool = True,
+) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``address`` or to a new embedded LocalCluster.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``tcp://host:8786``, ``tls://…``, or None for ``DASK_SCHEDULER_ADDRESS`` or,
+        when that is unset too, an embedded LocalCluster (closed on exit).
+    n_workers, threads_per_worker : int
+        Size of the embedded cluster (default: one worker process with a thread
+        per core; NumPy and the codecs release the GIL).
+    security : distributed.security.Security, optional
+        TLS settings for ``tls://`` addresses.
+    """
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        try:
+            client = Client(address, security=security, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
+                "(--scheduler or DASK_SCHEDULER_ADDRESS) and that the scheduler runs"
+            ) from None
+        try:
+            if check_versions:
+                check_cluster_versions(client)
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker or os.cpu_count() or 1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=40,
+    )
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def check_cluster_versions(client: Any) -> None:
+    """Raise :class:`ConfigError` when client, scheduler and workers disagree on versions."""
+    import importlib.metadata
+    import platform
+
+    def local_versions() -> dict[str, str]:
+        out = {"python": platform.python_version()}
+        for name in MUST_MATCH[1:]:
+            try:
+                out[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                out[name] = "not installed"
+        return out
+
+    mine = local_versions()
+    scheduler = client.run_on_scheduler(local_versions)
+    workers = client.run(local_versions)
+    problems = []
+    for where, theirs in [("scheduler", scheduler), *workers.items()]:
+        for name in MUST_MATCH:
+            if theirs.get(name) != mine.get(name):
+                problems.append(f"{name} {theirs.get(name)} on {where} vs {mine.get(name)} here")
+    if problems:
+        raise ConfigError(
+            "the Dask cluster runs other package versions than this client: "
+            + "; ".join(problems)
+            + ". Install the same versions everywhere (one image for every role, see infra/)."
+        )
