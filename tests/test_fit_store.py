@@ -78,13 +78,13 @@ def test_readers_of_the_old_version_keep_the_old_factors(
 ) -> None:
     path, _ = store
     first = streamsvd.fit(path, rank=3, scheduler="sync")
-    second = streamsvd.fit(path, rank=6, scheduler="sync", seed=7)
+    streamsvd.fit(path, rank=6, scheduler="sync", seed=7)
     assert streamsvd.open_factors(path, version=first["version"]).rank == 3
     assert streamsvd.open_factors(path).rank == 6
     assert [h["rank"] for h in streamsvd.open_factors(path).attrs["history"]] == [3, 6]
+    before_any_fit = Store.open(path).versions()[-2].id
     with pytest.raises(NoFactorsError, match="run `streamsvd fit"):
-        versions = Store.open(path).versions()
-        streamsvd.open_factors(path, version=versions[-2].id)  # before any fit
+        streamsvd.open_factors(path, version=before_any_fit)
 
 
 def test_pca_mode_on_a_store(store: tuple[Path, np.ndarray], many_blocks: None) -> None:
