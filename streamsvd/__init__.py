@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from streamsvd import errors
 from streamsvd.api import Factors, VerifyReport, export, fit, open_factors, verify
+from streamsvd.incremental import UpdateReport, update
 from streamsvd.store.info import store_info as info
 from streamsvd.store.ingest import IngestOptions, ingest
 
 __all__ = [
     "Factors",
     "IngestOptions",
+    "UpdateReport",
     "VerifyReport",
     "errors",
     "export",
@@ -24,6 +26,7 @@ __all__ = [
     "info",
     "ingest",
     "open_factors",
+    "update",
     "verify",
 ]
 __version__ = "0.1.0"

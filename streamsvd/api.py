@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -256,8 +256,9 @@ class Factors:
     def u(self) -> da.Array:
         """Left singular vectors, shape (rows_covered, rank), lazy."""
         u_raw = self.u_raw()
-        return u_raw.map_blocks(
-            np.matmul, self.stored.t, chunks=(u_raw.chunks[0], (self.rank,)), dtype=np.float64
+        t = self.stored.t
+        return da.map_blocks(
+            np.matmul, u_raw, t, chunks=(u_raw.chunks[0], (self.rank,)), dtype=np.float64
         )
 
 
@@ -305,27 +306,27 @@ def verify(
     Raises :class:`~streamsvd.errors.VerificationError` when the measured error
     disagrees with the recorded one, or U or V is not orthonormal, beyond tolerance.
     The error comparison is on squared relative errors: both come from float64
-    sums, so they agree to about ``1e-6`` relative plus ``64·eps`` absolute
-    (the recorded one is a difference ``‖A‖² − Σs²``, which cancels).
+    sums, so they agree to ``1e-6`` relative plus ``4096·eps`` absolute. The
+    absolute term is the round-off of the recorded value, a difference
+    ``‖A‖² − Σs²`` carried through every update (about ``eps`` per operation):
+    relative errors below ~1e-6 are at that round-off and compare as equal.
     """
     opened = Store.open(store)
     version = version or opened.current_version()
     group = opened.root(version)
     stored = read_factors(group)
-    meta = read_meta(group)
     rows = int(stored.attrs["rows_covered"])
     with _scheduler(scheduler):
         a = matrix_as_dask(group)[:rows]
         u_raw = da.from_zarr(stored.u_raw, chunks=(a.chunks[0], stored.u_raw.shape[1]))
         measured = verify_array(a, u_raw, stored.t, stored.s, stored.vt, stored.mean)
     recorded = float(stored.attrs["relative_error"])
-    tolerance = max(1e-6 * measured.relative_residual**2, 64 * np.finfo(np.float64).eps)
-    ok = (
+    tolerance = 1e-6 * measured.relative_residual**2 + 4096 * np.finfo(np.float64).eps
+    ok = bool(
         abs(recorded**2 - measured.relative_residual**2) <= tolerance
         and measured.orthogonality_u <= orthogonality_tol
         and measured.orthogonality_v <= orthogonality_tol
     )
-    del meta
     report = VerifyReport(
         recorded_error=recorded,
         measured_error=measured.relative_residual,
@@ -381,7 +382,7 @@ def export(
     )
     with _scheduler(scheduler):
         # Dask blocks are whole Zarr chunks: no two tasks touch one chunk.
-        da.store(u, u_array, lock=False)
+        da.store(u, cast(Any, u_array), lock=False)
     group.create_array("S", data=np.ascontiguousarray(factors.s[:k]))
     group.create_array("Vt", data=np.ascontiguousarray(factors.vt[:k]))
     if factors.mean is not None:

@@ -275,6 +275,68 @@ def export(
     console.print(f"wrote {path}", highlight=False)
 
 
+@app.command()
+def update(
+    store: StoreArg,
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="New files, landing folders or globs (none: catch up only)."),
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="auto|npy|csv|parquet|hdf5|zarr")
+    ] = "auto",
+    dataset: Annotated[str | None, typer.Option(help="Dataset path inside HDF5 files.")] = None,
+    nan: Annotated[str, typer.Option(help="reject|zero|drop: NaN and Inf.")] = "reject",
+    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 128,
+    forget: Annotated[
+        float, typer.Option(help="γ in (0, 1]: down-weight old rows before each batch.")
+    ] = 1.0,
+    refit_above: Annotated[
+        str | None,
+        typer.Option(help="Refit when the error exceeds X (e.g. 0.05) or +P% over the last fit."),
+    ] = None,
+    sketch_above: Annotated[
+        int | None, typer.Option(help="Sketch batches with more rows than this (default exact).")
+    ] = None,
+    scheduler: SchedulerOpt = "local",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Ingest new rows and update the factors in one commit (reads only the new rows)."""
+    import streamsvd
+    from streamsvd.store.ingest import IngestOptions
+
+    with _errors_to_exit():
+        options = IngestOptions(
+            format=format, dataset=dataset, nan=nan, memory_budget=memory_mb * 1024 * 1024
+        )
+        with _progress(progress and err_console.is_terminal) as callback:
+            report = streamsvd.update(
+                store,
+                sources or [],
+                options=options,
+                forget=forget,
+                refit_above=refit_above,
+                sketch_above=sketch_above,
+                scheduler=scheduler,
+                progress=callback,
+            )
+    for skipped in report.skipped:
+        console.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False)
+    if report.version is None:
+        console.print("nothing new: the store and its factors are unchanged", highlight=False)
+        return
+    console.print(
+        f"updated with {report.rows_added} rows in {report.seconds:.2f} s (commit "
+        f"{report.commit_seconds:.2f} s): rank {report.rank}, relative error "
+        f"{report.relative_error:.6g}"
+        + ("; compacted U_raw" if report.compacted else "")
+        + f" → version {report.version}",
+        highlight=False,
+    )
+    if report.refit:
+        console.print(report.refit["reason"], highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``streamsvd`` console script."""
     app()

@@ -101,7 +101,7 @@ def run(config: DemoConfig, console: Console) -> dict[str, Any]:
     first = streamsvd.ingest(config.store, files[:half])
     timings["ingest first half"] = time.perf_counter() - t0
     console.print(f"ingested {first.rows_added} rows ({len(first.skipped)} skipped as known)")
-    fit_args = {
+    fit_args: dict[str, Any] = {
         "rank": config.rank,
         "power_iters": config.power_iters,
         "oversample": config.oversample,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -135,13 +135,16 @@ def write_small_factors(
     spectrum: np.ndarray | None,
     attrs: dict[str, Any],
 ) -> None:
-    """Write ``T``, ``S``, ``Vt``, ``mean`` and the record into ``factors/``."""
+    """Write ``T``, ``S``, ``Vt``, ``mean`` and the record into ``factors/``.
+
+    Arrays given as None are left as they are.
+    """
     factors = group.require_group(layout.FACTORS)
     for name, value in (("T", t), ("S", s), ("Vt", vt), ("mean", mean), ("spectrum", spectrum)):
-        if name in factors:
-            del factors[name]
         if value is None:
             continue
+        if name in factors:
+            del factors[name]
         value = np.ascontiguousarray(value, dtype=np.float64)
         array = factors.create_array(
             name, shape=value.shape, dtype="float64", chunks=value.shape or (1,), fill_value=0.0
@@ -154,16 +157,17 @@ def read_factors(group: zarr.Group) -> StoredFactors:
     """Read the factors of a version; raises :class:`NoFactorsError` if there are none."""
     if layout.FACTORS not in group:
         raise NoFactorsError("the store has no factors yet; run `streamsvd fit STORE` first")
-    factors = group[layout.FACTORS]
-    assert isinstance(factors, zarr.Group)  # by the layout
-    mean = np.asarray(factors["mean"][...]) if "mean" in factors else None
-    u_raw = factors[U_RAW]
-    assert isinstance(u_raw, zarr.Array)
+    factors = cast(zarr.Group, group[layout.FACTORS])
+
+    def small(name: str) -> np.ndarray:
+        return np.asarray(cast(zarr.Array, factors[name])[...])
+
+    mean = small("mean") if "mean" in factors else None
     return StoredFactors(
-        u_raw=u_raw,
-        t=np.asarray(factors["T"][...]),
-        s=np.asarray(factors["S"][...]),
-        vt=np.asarray(factors["Vt"][...]),
+        u_raw=cast(zarr.Array, factors[U_RAW]),
+        t=small("T"),
+        s=small("S"),
+        vt=small("Vt"),
         mean=mean,
         attrs=dict(factors.attrs),
     )

@@ -38,11 +38,16 @@ from streamsvd.store.sources import (
     open_source,
     rows_for_budget,
 )
+from streamsvd.store.sources._memory import ArraySource, array_hash
 
 NAN_POLICIES = ("reject", "zero", "drop")
 DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
 
 ProgressCallback = Callable[[str, int, int | None], None]
+#: Called with each validated block as written: (rows in the store dtype, first
+#: store row, whether it is the first block of its batch).
+BlockCallback = Callable[[np.ndarray, int, bool], None]
+SourceLike = str | Path | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class IngestReport:
 
 def ingest(
     store: str | Path,
-    sources: Sequence[str | Path],
+    sources: Sequence[SourceLike],
     *,
     options: IngestOptions | None = None,
     progress: ProgressCallback | None = None,
@@ -135,8 +140,8 @@ def ingest(
     ----------
     store : str or Path
         A local path or ``s3://bucket/prefix``.
-    sources : sequence of str or Path
-        Files, directories or glob patterns.
+    sources : sequence of str, Path or ndarray
+        Files, directories or glob patterns; in-memory 2-D arrays too (Python API).
     options : IngestOptions, optional
         Reading and layout options.
     progress : callable, optional
@@ -153,11 +158,11 @@ def ingest(
     """
     options = options or IngestOptions()
     started = time.perf_counter()
-    paths = expand_sources(sources)
+    items = resolve_sources(sources)
     with Store.open_for_writing(store) as opened:
         created = not opened.is_initialized()
         with opened.transaction() as tx:
-            report = _ingest_into(tx, paths, options, progress, created=created)
+            report = ingest_into(tx, items, options, progress, created=created)
             if report.batches:
                 version = tx.commit(
                     _commit_message(report.batches),
@@ -176,20 +181,63 @@ def ingest(
         )
 
 
+@dataclass(frozen=True)
+class SourceItem:
+    """One batch to ingest: a file path or an in-memory array."""
+
+    name: str
+    path: Path | None = None
+    array: np.ndarray | None = None
+
+    def batch_id(self, dataset: str | None) -> str:
+        if self.array is not None:
+            return array_hash(self.array)
+        assert self.path is not None  # one of the two is set by resolve_sources
+        return content_hash(self.path, dataset=dataset)
+
+    def open(self, options: IngestOptions) -> Source:
+        if self.array is not None:
+            return ArraySource(self.array, name=self.name)
+        assert self.path is not None
+        return open_source(self.path, format=options.format, dataset=options.dataset)
+
+
+def resolve_sources(sources: Sequence[SourceLike]) -> list[SourceItem]:
+    """Expand paths (folders, globs) in order; arrays stay as they are."""
+    items: list[SourceItem] = []
+    pending: list[str | Path] = []
+
+    def flush() -> None:
+        if pending:
+            items.extend(SourceItem(str(p), path=p) for p in expand_sources(pending))
+            pending.clear()
+
+    for index, source in enumerate(sources):
+        if isinstance(source, np.ndarray):
+            flush()
+            items.append(SourceItem(f"array[{index}]", array=source))
+        else:
+            pending.append(source)
+    flush()
+    return items
+
+
 @dataclass
 class _Partial:
     batches: list[BatchRecord]
     skipped: list[Skipped]
 
 
-def _ingest_into(
+def ingest_into(
     tx: Transaction,
-    paths: list[Path],
+    items: list[SourceItem],
     options: IngestOptions,
     progress: ProgressCallback | None,
     *,
     created: bool,
+    on_block: BlockCallback | None = None,
 ) -> _Partial:
+    """Ingest ``items`` into an open transaction (no commit); see :func:`ingest`."""
     group = tx.group
     known = {} if created else {b.id: b for b in read_batch_log(group)}
     log = [] if created else read_batch_log(group)
@@ -198,10 +246,14 @@ def _ingest_into(
 
     # Open everything and check shapes before the first write: a wrong column
     # count anywhere fails the whole ingest before any data moves.
-    opened: list[tuple[Path, str, Source]] = []
+    opened: list[tuple[str, str, Source]] = []
     try:
-        for path in paths:
-            batch_id = content_hash(path, dataset=options.dataset)
+        for item in items:
+            path = item.name
+            if item.array is not None and item.array.ndim == 2 and item.array.shape[0] == 0:
+                partial.skipped.append(Skipped(path, "no rows: nothing to do"))
+                continue
+            batch_id = item.batch_id(options.dataset)
             if batch_id in known:
                 prev = known[batch_id]
                 partial.skipped.append(
@@ -217,7 +269,7 @@ def _ingest_into(
                     Skipped(str(path), "same content as an earlier source in this ingest")
                 )
                 continue
-            source = open_source(path, format=options.format, dataset=options.dataset)
+            source = item.open(options)
             opened.append((path, batch_id, source))
             expected = meta.n_cols if meta is not None else opened[0][2].n_cols
             if source.n_cols != expected:
@@ -245,7 +297,7 @@ def _ingest_into(
         array = matrix_array(group)
         checkpoints.reached("after-open")
         for path, batch_id, source in opened:
-            record = _ingest_one(array, meta, path, batch_id, source, options, progress)
+            record = _ingest_one(array, meta, path, batch_id, source, options, progress, on_block)
             log.append(record)
             partial.batches.append(record)
         write_batch_log(group, log)
@@ -258,11 +310,12 @@ def _ingest_into(
 def _ingest_one(
     array: Any,
     meta: MatrixMeta,
-    path: Path,
+    path: str,
     batch_id: str,
     source: Source,
     options: IngestOptions,
     progress: ProgressCallback | None,
+    on_block: BlockCallback | None,
 ) -> BatchRecord:
     store_dtype = np.dtype(meta.dtype)
     itemsize = max(np.dtype(source.dtype).itemsize, store_dtype.itemsize)
@@ -271,23 +324,27 @@ def _ingest_one(
     rows = max(meta.chunk_rows, (rows // meta.chunk_rows) * meta.chunk_rows)
     row_start = array.shape[0]
     nan_values = dropped = done = 0
+    first = True
     for block in source.blocks(rows):
         data, n_bad, n_dropped = _validate(block.data, block.row_start, source, options.nan)
         nan_values += n_bad
         dropped += n_dropped
         data = _cast(data, store_dtype, block.row_start, source)
         if data.shape[0]:
-            append_block(array, data)
+            start, _ = append_block(array, data)
+            if on_block is not None:
+                on_block(data, start, first)
+                first = False
         done += block.data.shape[0]
         if progress is not None:
-            progress(path.name, done, source.n_rows)
+            progress(Path(path).name, done, source.n_rows)
         checkpoints.reached("after-block")
     row_stop = array.shape[0]
     if done == 0:
         raise InvalidInputError(f"{path} is empty: it has no data rows. Remove it or fill it.")
     return BatchRecord(
         id=batch_id,
-        source=str(path),
+        source=path,
         row_start=row_start,
         row_stop=row_stop,
         rows=row_stop - row_start,

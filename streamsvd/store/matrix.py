@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -66,7 +66,7 @@ def init_matrix(group: zarr.Group, meta: MatrixMeta) -> zarr.Array:
 
 
 def read_meta(group: zarr.Group) -> MatrixMeta:
-    raw = group.attrs.get(layout.FORMAT_KEY)
+    raw: Any = group.attrs.get(layout.FORMAT_KEY)
     if not isinstance(raw, dict):
         raise NotAStoreError("the store's root group has no streamsvd metadata")
     if int(raw.get("format", 0)) > layout.FORMAT_VERSION:
@@ -79,13 +79,11 @@ def read_meta(group: zarr.Group) -> MatrixMeta:
 
 
 def matrix_array(group: zarr.Group) -> zarr.Array:
-    array = group[layout.MATRIX]
-    assert isinstance(array, zarr.Array)  # the layout guarantees it
-    return array
+    return cast(zarr.Array, group[layout.MATRIX])
 
 
 def read_batch_log(group: zarr.Group) -> list[BatchRecord]:
-    entries = group[layout.BATCHES].attrs.get("log", [])
+    entries: list[dict[str, Any]] = cast(Any, group[layout.BATCHES].attrs.get("log", []))
     fields = BatchRecord.__dataclass_fields__
     return [BatchRecord(**{k: v for k, v in e.items() if k in fields}) for e in entries]
 

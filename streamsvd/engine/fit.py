@@ -1,0 +1,429 @@
+"""Randomized SVD of a row-chunked Dask array in ``power_iters + 1`` passes.
+
+Each pass is one ``dask.compute`` over a graph that reads every row block once
+and reduces the per-block results (small ``n_cols × l`` matrices, R factors)
+in a fixed tree, so the same seed, data and chunking give bit-identical factors
+on any scheduler and any number of workers. The numerical steps are in
+:mod:`streamsvd.linalg.sketch`; this module only builds and runs the passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed, delayed
+from numpy.typing import NDArray
+
+from streamsvd.errors import ConfigError, InvalidInputError
+from streamsvd.linalg.rank import (
+    RankChoice,
+    cap_choice,
+    choose_rank,
+    default_max_rank,
+    next_sketch_size,
+    parse_rank,
+    sketch_size,
+)
+from streamsvd.linalg.sketch import (
+    BlockSums,
+    SketchSVD,
+    combine,
+    error_summary,
+    final_block,
+    finish_final_pass,
+    power_block,
+    power_step,
+    sketch_svd,
+    start_basis,
+    truncate,
+)
+
+FloatArray = NDArray[np.float64]
+#: Fan-in of the reduction tree: partial sums are combined in groups of this size.
+TREE_FAN_IN = 8
+_DTYPES: dict[str, type[np.floating]] = {"float64": np.float64, "float32": np.float32}
+
+
+@runtime_checkable
+class URawSink(Protocol):
+    """Where the rows of ``U_raw`` go during the final pass.
+
+    ``lazy_store`` receives ``U_raw`` as a lazy Dask array, row-chunked like the
+    data, and returns a Dask collection (for example from
+    ``da.store(..., compute=False)``) that is computed in the *same*
+    ``dask.compute`` call as the rest of the final pass, so the data is read
+    once. ``finish`` then receives what that collection computed to. With a
+    rank rule that grows the sketch, both are called once per attempt; the last
+    call holds the accepted ``U_raw`` (the fit's ``t`` pairs with it).
+    """
+
+    def lazy_store(self, z: da.Array) -> Any:
+        """Return a lazy collection that stores ``z``."""
+        ...
+
+    def finish(self, computed: Any) -> None:
+        """Receive the computed value of the collection from :meth:`lazy_store`."""
+        ...
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """The options a fit ran with (recorded next to the factors)."""
+
+    rank: str
+    oversample: int
+    power_iters: int
+    seed: int
+    center: bool
+    dtype: str
+    width: int
+    max_rank: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Factors of a fit; ``U = U_raw @ t`` where ``U_raw`` went to the sink.
+
+    Attributes
+    ----------
+    t : ndarray, shape (l, rank) or (l + 1, rank) in PCA mode
+        Rotation; ``U_raw`` is ``[A'Q]`` or ``[A'Q, 1]`` (PCA mode) with
+        ``A' = A − 1μ₀ᵀ``, ``μ₀`` the mean known before the final pass (zero
+        with ``power_iters=0``, else the exact mean from the first pass).
+    s : ndarray, shape (rank,)
+        Singular values, descending, ``>= 0``, float64.
+    vt : ndarray, shape (rank, n_cols)
+        Right singular vectors as orthonormal rows, signs from
+        :mod:`streamsvd.linalg.signs`.
+    mean : ndarray, shape (n_cols,), or None
+        Column mean in PCA mode.
+    energy : float
+        ``‖A‖_F²`` (of the centred matrix in PCA mode).
+    rows : int
+        Rows covered.
+    relative_error : float
+        ``‖A − U S Vᵀ‖_F / ‖A‖_F``, exact (0 for a zero matrix).
+    captured_energy : float
+        ``Σ s_i² / ‖A‖_F²``.
+    rank_choice : RankChoice
+        Chosen rank with its reason.
+    params : FitParams
+    passes : int
+        Passes made over the data (all attempts).
+    singular_values_sketch : ndarray, shape (<= l,)
+        All singular values of the final sketch ``B``.
+    timings : dict of str to float
+        Seconds per pass (``"pass 1 (power)"``, ...) and in memory.
+    """
+
+    t: FloatArray
+    s: FloatArray
+    vt: FloatArray
+    mean: FloatArray | None
+    energy: float
+    rows: int
+    relative_error: float
+    captured_energy: float
+    rank_choice: RankChoice
+    params: FitParams
+    passes: int
+    singular_values_sketch: FloatArray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        """Number of components kept."""
+        return int(self.s.size)
+
+
+def current_client() -> Any | None:
+    """The ``distributed.Client`` that ``dask.compute`` would use now, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    getter = dask.base.get_scheduler()
+    return client if getter == client.get else None
+
+
+def share(value: Any) -> Any:
+    """Put a small in-memory object in the graph once (scattered on a cluster)."""
+    if value is None:
+        return None
+    client = current_client()
+    if client is not None:
+        return client.scatter(value, broadcast=False)
+    return delayed(value, pure=True)
+
+
+def tree_reduce(parts: Sequence[Any], fn: Callable[[list[Any]], Any]) -> Any:
+    """Reduce delayed ``parts`` with ``fn`` in a fixed tree of fan-in :data:`TREE_FAN_IN`.
+
+    The tree's shape depends only on ``len(parts)``, so the rounding of the sums
+    does not depend on the scheduler or on the number of workers.
+    """
+    level = list(parts)
+    if not level:
+        raise ValueError("nothing to reduce")
+    while len(level) > 1:
+        level = [
+            delayed(fn, pure=True)(level[i : i + TREE_FAN_IN])
+            for i in range(0, len(level), TREE_FAN_IN)
+        ]
+    return level[0]
+
+
+def compute_pass(objs: Sequence[Any], *, progress: bool, label: str) -> tuple[Any, ...]:
+    """One ``dask.compute`` over ``objs`` (optionally with a progress display)."""
+    if not progress:
+        return tuple(dask.compute(*objs))
+    client = current_client()
+    if client is not None:
+        from distributed import progress as show_progress
+
+        print(f"streamsvd {label}: dashboard {client.dashboard_link}", flush=True)
+        futures = client.compute(list(objs))
+        show_progress(futures)
+        return tuple(client.gather(futures))
+    from dask.diagnostics import ProgressBar
+
+    print(f"streamsvd {label}", flush=True)
+    with ProgressBar():
+        return tuple(dask.compute(*objs))
+
+
+def row_blocks(a: da.Array) -> list[Delayed]:
+    """Row blocks of ``a`` as delayed objects (columns rechunked to one chunk)."""
+    if a.ndim != 2:
+        raise InvalidInputError(f"fit needs a 2-D array, got shape {a.shape}")
+    if len(a.chunks[1]) > 1:
+        a = a.rechunk({1: -1})
+    return list(a.to_delayed().ravel())
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    sketch: SketchSVD
+    energy: float
+    rows: int
+    mean: FloatArray | None
+    c: FloatArray | None
+    passes: int
+
+
+def _run_passes(
+    a: da.Array,
+    blocks: list[Delayed],
+    width: int,
+    *,
+    power_iters: int,
+    seed: int,
+    center: bool,
+    dtype: type[np.floating],
+    sink: URawSink | None,
+    progress: bool,
+    timings: dict[str, float],
+) -> _Attempt:
+    """Power passes and the final pass for one sketch width."""
+    n_cols = a.shape[1]
+    q = start_basis(n_cols, width, seed)
+    iters = power_iters if width < n_cols else 0  # Q = I is already exact
+    shift: FloatArray | None = None
+    for it in range(iters):
+        label = f"pass {len(timings) + 1} (power {it + 1}/{iters}, l={width})"
+        start = time.perf_counter()
+        q_d, shift_d = share(q), share(shift)
+        parts = [delayed(power_block)(b, q_d, shift_d, dtype) for b in blocks]
+        (sums,) = compute_pass([tree_reduce(parts, combine)], progress=progress, label=label)
+        q, mean = power_step(sums, q, center, shift)
+        if center:
+            shift = mean
+        timings[label] = time.perf_counter() - start
+
+    label = f"pass {len(timings) + 1} (final, l={width})"
+    start = time.perf_counter()
+    q_d, shift_d = share(q), share(shift)
+    outs = [delayed(final_block, nout=2)(b, q_d, shift_d, center) for b in blocks]
+    objs: list[Any] = [tree_reduce([o[1] for o in outs], combine)]
+    if sink is not None:
+        cols = width + int(center)
+        z = da.concatenate(
+            [
+                da.from_delayed(o[0], shape=(rows, cols), dtype=np.float64)
+                for o, rows in zip(outs, a.chunks[0], strict=True)
+            ]
+        )
+        objs.append(sink.lazy_store(z))
+    results = compute_pass(objs, progress=progress, label=label)
+    if sink is not None:
+        sink.finish(results[1])
+    final: BlockSums = results[0]
+    r, y, energy, mean, c = finish_final_pass(final, q, center, shift)
+    sketch = sketch_svd(r, y)
+    timings[label] = time.perf_counter() - start
+    return _Attempt(sketch, energy, final.rows, mean, c, iters + 1)
+
+
+def fit_array(
+    a: da.Array,
+    *,
+    rank: int | str = 10,
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    center: bool = False,
+    dtype: str = "float64",
+    max_rank: int | None = None,
+    sink: URawSink | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Truncated SVD (or PCA) of a row-chunked Dask array by randomized sketching.
+
+    Parameters
+    ----------
+    a : dask.array.Array, shape (n_rows, n_cols)
+        Row-chunked (columns are rechunked to one chunk if needed); dense or
+        scipy.sparse blocks, any real dtype (cast to float64 per block).
+    rank : int or str
+        ``k``, ``"energy:x"``, ``"tol:x"``, ``"gd"`` or ``"gd:σ"``; see
+        :mod:`streamsvd.linalg.rank`.
+    oversample : int
+        Extra sketch columns ``p``; the sketch width is ``l = min(k + p, n_cols)``.
+    power_iters : int
+        Power iterations ``q``, one pass each, re-orthonormalized every time.
+    seed : int
+        Seed of the Gaussian test matrix.
+    center : bool
+        PCA mode: factor ``A − 1μᵀ`` with the column mean ``μ`` found in the
+        same passes (no extra pass).
+    dtype : {"float64", "float32"}
+        Arithmetic of the power passes; the final pass is always float64.
+    max_rank : int, optional
+        Largest rank a rule may choose; default ``min(n_rows, n_cols, 1000)``.
+    sink : URawSink, optional
+        Receives ``U_raw`` (see :class:`URawSink`); without one, ``U_raw`` is
+        not kept and only ``t``, ``s``, ``vt`` are returned.
+    progress : bool
+        Show a progress bar per pass (dashboard link on a distributed client).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ConfigError
+        Invalid options, a rank above ``min(n_rows, n_cols)``, or a ``tol:``/
+        ``energy:`` rule not met within ``max_rank``.
+    InvalidInputError
+        ``a`` is not 2-D or has no rows.
+
+    Notes
+    -----
+    Passes over the data: ``power_iters + 1`` (a single pass when
+    ``l >= n_cols``, which is then the exact SVD); a rule that grows the sketch
+    repeats them for each width tried. Peak memory per worker:
+    ``O(chunk_rows · n_cols + n_cols · l)``; the client holds ``O(n_cols · l)``;
+    nothing that grows with ``n_rows`` is gathered. Uses the current Dask
+    scheduler or client.
+
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((60, 8))
+    >>> with dask.config.set(scheduler="sync"):
+    ...     res = fit_array(da.from_array(x, chunks=(20, 8)), rank=3, oversample=5)
+    >>> bool(np.allclose(res.s, np.linalg.svd(x, compute_uv=False)[:3]))
+    True
+    >>> res.passes
+    1
+    """
+    if not isinstance(a, da.Array):
+        raise InvalidInputError(f"fit_array needs a dask array, got {type(a).__name__}")
+    if a.ndim != 2:
+        raise InvalidInputError(f"fit needs a 2-D array, got shape {a.shape}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; use 'float64' or 'float32'")
+    if power_iters < 0 or oversample < 0:
+        raise ConfigError(
+            f"power_iters={power_iters} and oversample={oversample} must both be >= 0"
+        )
+    if any(np.isnan(c) for c in a.chunks[0]):
+        raise InvalidInputError(
+            "fit needs known row-chunk sizes, got unknown (nan) ones; "
+            "call a.compute_chunk_sizes() first"
+        )
+    n_rows, n_cols = a.shape
+    if n_rows == 0 or n_cols == 0:
+        raise InvalidInputError(f"cannot fit an empty matrix of shape {a.shape}")
+    rule = parse_rank(rank, dtype=dtype)
+    width = sketch_size(rule, oversample, n_cols, n_rows, max_rank)
+    cap = max_rank if max_rank is not None else default_max_rank(n_rows, n_cols)
+    blocks = row_blocks(a)
+    timings: dict[str, float] = {}
+    passes = 0
+    while True:
+        attempt = _run_passes(
+            a,
+            blocks,
+            width,
+            power_iters=power_iters,
+            seed=seed,
+            center=center,
+            dtype=_DTYPES[dtype],
+            sink=sink,
+            progress=progress,
+            timings=timings,
+        )
+        passes += attempt.passes
+        choice = choose_rank(rule, attempt.sketch.s, attempt.energy, n_rows, n_cols)
+        grown = next_sketch_size(
+            rule,
+            choice,
+            width,
+            oversample=oversample,
+            n_rows=n_rows,
+            n_cols=n_cols,
+            max_rank=cap,
+        )
+        if grown is None:
+            break
+        width = grown
+    if rule.kind != "fixed":
+        choice = cap_choice(choice, min(cap, n_rows, n_cols))
+    t, s, vt = truncate(attempt.sketch, choice.rank, attempt.c)
+    relative_error, captured = error_summary(attempt.energy, s)
+    return FitResult(
+        t=t,
+        s=s,
+        vt=vt,
+        mean=attempt.mean,
+        energy=attempt.energy,
+        rows=attempt.rows,
+        relative_error=relative_error,
+        captured_energy=captured,
+        rank_choice=choice,
+        params=FitParams(
+            rank=str(rule),
+            oversample=oversample,
+            power_iters=power_iters,
+            seed=seed,
+            center=center,
+            dtype=dtype,
+            width=width,
+            max_rank=cap,
+        ),
+        passes=passes,
+        singular_values_sketch=attempt.sketch.s.copy(),
+        timings=timings,
+    )

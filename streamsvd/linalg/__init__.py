@@ -1,0 +1,4 @@
+"""Pure numerical steps on in-memory blocks: arrays in, arrays out.
+
+Nothing here does I/O, reads configuration or knows about Dask.
+"""

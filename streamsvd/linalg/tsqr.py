@@ -1,0 +1,80 @@
+"""The R factor of a tall matrix given as row blocks (TSQR, R only).
+
+Each block contributes the R of its own Householder QR; R factors are merged
+pairwise (or in any fixed tree) by QR of their vertical stack. The Q factor is
+never formed: the fit only needs R, and the rows of ``Z`` stay where they are.
+
+References
+----------
+Demmel, Grigori, Hoemmen, Langou (2012), "Communication-optimal parallel and
+sequential QR and LU factorizations", SIAM J. Sci. Comput. 34(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+def block_r(z: NDArray[np.floating]) -> FloatArray:
+    """R factor of one row block (Householder QR, ``mode="r"``).
+
+    Parameters
+    ----------
+    z : ndarray, shape (n_rows, width)
+
+    Returns
+    -------
+    ndarray, shape (min(n_rows, width), width), float64
+        Upper triangular (trapezoidal when ``n_rows < width``); ``zᵀz = rᵀr``.
+        An empty block gives a ``(0, width)`` array.
+
+    Memory is that of ``z`` plus ``width²``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.arange(12.0).reshape(4, 3)
+    >>> r = block_r(z)
+    >>> bool(np.allclose(r.T @ r, z.T @ z))
+    True
+    """
+    z64 = np.asarray(z, dtype=np.float64)
+    if z64.shape[0] == 0:
+        return np.zeros((0, z64.shape[1]))
+    r: FloatArray = np.linalg.qr(z64, mode="r")  # type: ignore[assignment]
+    return r
+
+
+def merge_r(factors: Sequence[NDArray[np.floating]]) -> FloatArray:
+    """R factor of the vertical stack of blocks whose R factors are given.
+
+    The order of ``factors`` fixes the rounding, so a fixed tree gives
+    bit-identical results wherever it is evaluated.
+
+    Parameters
+    ----------
+    factors : sequence of ndarray, each shape (r_i, width)
+
+    Returns
+    -------
+    ndarray, shape (min(sum r_i, width), width), float64
+    """
+    if not factors:
+        raise ValueError("merge_r needs at least one R factor, got none")
+    return block_r(np.vstack([np.asarray(f, dtype=np.float64) for f in factors]))
+
+
+def pad_r(r: NDArray[np.floating], width: int) -> FloatArray:
+    """Pad a trapezoidal R with zero rows to ``(width, width)``.
+
+    ``rᵀr`` is unchanged; fewer rows than columns happen when the matrix has
+    fewer rows than the sketch width.
+    """
+    out = np.zeros((width, width))
+    out[: r.shape[0]] = r
+    return out
