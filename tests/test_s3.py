@@ -66,10 +66,14 @@ def test_s3_store_ingest_fit_verify(bucket: str, tmp_path: Path, rng: np.random.
 def test_s3_second_writer_conflicts(bucket: str, tmp_path: Path, rng: np.random.Generator) -> None:
     url = f"s3://{bucket}/stores/two"
     streamsvd.ingest(url, [write_npy(tmp_path / "a.npy", rng.standard_normal((10, 3)))])
-    with Store.open_for_writing(url) as first, Store.open_for_writing(url) as second:
-        with first.transaction() as tx1, second.transaction() as tx2:
-            tx1.group.attrs["note"] = "first"
-            tx2.group.attrs["note"] = "second"
-            tx1.commit("first writer")
-            with pytest.raises(ConflictError, match="changed while this write was in progress"):
-                tx2.commit("second writer")
+    with (
+        Store.open_for_writing(url) as first,
+        Store.open_for_writing(url) as second,
+        first.transaction() as tx1,
+        second.transaction() as tx2,
+    ):
+        tx1.group.attrs["note"] = "first"
+        tx2.group.attrs["note"] = "second"
+        tx1.commit("first writer")
+        with pytest.raises(ConflictError, match="changed while this write was in progress"):
+            tx2.commit("second writer")
