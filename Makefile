@@ -27,7 +27,7 @@ unit: $(STAMP)
 test: lint unit
 
 demo: $(STAMP)
-	$(PY) -m streamsvd.demo --config config/demo.yaml
+	$(PY) -m flows demo --config config/demo.yaml
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py

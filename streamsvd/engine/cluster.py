@@ -102,3 +102,48 @@ def check_cluster_versions(client: Any) -> None:
             + "; ".join(problems)
             + ". Install the same versions everywhere (one image for every role, see infra/)."
         )
+
+
+@contextmanager
+def cluster_address(
+    scheduler: str = "local",
+    *,
+    n_workers: int = 1,
+    threads_per_worker: int | None = None,
+) -> Iterator[str]:
+    """An address to pass as ``scheduler=`` to many calls, valid for the block.
+
+    ``"local"`` starts one embedded LocalCluster for the whole block (instead of
+    one per call) and yields its address; ``"threads"``/``"sync"`` and addresses
+    are yielded unchanged.
+    """
+    if scheduler != "local":
+        yield scheduler
+        return
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker or os.cpu_count() or 1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=40,
+    )
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+
+def configure_tls(ca_file: str, client_cert: str, client_key: str) -> None:
+    """Make ``tls://`` connections of this process use these files (dask config)."""
+    import dask
+
+    dask.config.set(
+        {
+            "distributed.comm.tls.ca-file": ca_file,
+            "distributed.comm.tls.client.cert": client_cert,
+            "distributed.comm.tls.client.key": client_key,
+            "distributed.comm.require-encryption": True,
+        }
+    )
