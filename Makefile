@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check streamsvd flows tests benchmarks
-	$(VENV)/bin/ruff format --check streamsvd flows tests benchmarks
+	$(VENV)/bin/ruff check streamsvd flows tests benchmarks infra
+	$(VENV)/bin/ruff format --check streamsvd flows tests benchmarks infra
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)

@@ -4,29 +4,46 @@ The public API; see the README for a tour.
 
 >>> import streamsvd
 >>> sorted(streamsvd.__all__)[:3]
-['Factors', 'IngestOptions', 'errors']
+['Factors', 'IngestOptions', 'OutputReport']
 """
 
 from __future__ import annotations
 
 from streamsvd import errors
 from streamsvd.api import Factors, VerifyReport, export, fit, open_factors, verify
+from streamsvd.compression import compression_table
 from streamsvd.incremental import UpdateReport, update
+from streamsvd.projection import (
+    OutputReport,
+    project,
+    project_file,
+    reconstruct,
+    reconstruct_file,
+)
+from streamsvd.report import ReportPaths, write_report
 from streamsvd.store.info import store_info as info
 from streamsvd.store.ingest import IngestOptions, ingest
 
 __all__ = [
     "Factors",
     "IngestOptions",
+    "OutputReport",
+    "ReportPaths",
     "UpdateReport",
     "VerifyReport",
+    "compression_table",
     "errors",
     "export",
     "fit",
     "info",
     "ingest",
     "open_factors",
+    "project",
+    "project_file",
+    "reconstruct",
+    "reconstruct_file",
     "update",
     "verify",
+    "write_report",
 ]
 __version__ = "0.1.0"

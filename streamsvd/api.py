@@ -80,7 +80,7 @@ def fit(
     power_iters: int = 2,
     seed: int = 0,
     center: bool = False,
-    dtype: str = "float64",
+    dtype: str = "float32",
     max_rank: int | None = None,
     scheduler: str | None = None,
     progress: bool = False,

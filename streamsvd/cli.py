@@ -207,7 +207,7 @@ def fit(
     center: Annotated[bool, typer.Option(help="PCA mode: factor the centred matrix.")] = False,
     dtype: Annotated[
         str, typer.Option(help="float64|float32 arithmetic of the power passes.")
-    ] = "float64",
+    ] = "float32",
     max_rank: Annotated[
         int | None, typer.Option(help="Largest rank a tol: rule may grow to.")
     ] = None,
@@ -341,6 +341,9 @@ def main() -> None:
     """Entry point of the ``streamsvd`` console script."""
     app()
 
+
+# Commands that use the factors (project, reconstruct, compress-report, report).
+import streamsvd.cli_factors  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

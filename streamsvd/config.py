@@ -62,7 +62,7 @@ class SVDSettings(_Section):
     seed: int = Field(0, ge=0, description="Seed of the random test matrix")
     center: bool = Field(False, description="PCA mode: factor the centred matrix")
     dtype: Literal["float64", "float32"] = Field(
-        "float64", description="Arithmetic of the power passes"
+        "float32", description="Arithmetic of the power passes (the final pass is float64)"
     )
     max_rank: int | None = Field(None, ge=1, description="Largest rank a tol: rule may reach")
     forget: float = Field(1.0, gt=0.0, le=1.0, description="Forgetting factor γ of updates")

@@ -270,6 +270,8 @@ def _plot_spectrum(data: SpectrumData, path: Path) -> None:
 
 
 def _plot_energy(table: list[dict[str, Any]], rank: int, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(6.4, 5.0)
     top, bottom = fig.subplots(2, 1, sharex=True)
     ranks = [row["rank"] for row in table]
@@ -282,7 +284,10 @@ def _plot_energy(table: list[dict[str, Any]], rank: int, path: Path) -> None:
     )
     bottom.set_ylabel(r"relative error $\|A - A_r\|_F / \|A\|_F$")
     bottom.set_xlabel("rank r")
+    if all(row["relative_error"] > 0 for row in table):
+        bottom.set_yscale("log")
     for ax in (top, bottom):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axvline(rank, color="tab:red", ls="--", lw=1)
         ax.grid(True, alpha=0.3)
     fig.savefig(path, dpi=100)
@@ -329,7 +334,8 @@ def _markdown(summary: dict[str, Any], spectrum: SpectrumData, table: list[dict[
         ("rows (covered by the factors)", f"{summary['rows']} ({summary['rows_covered']})"),
         ("cols", str(summary["cols"])),
         ("rank", str(summary["rank"])),
-        ("rank rule", f"{summary['rank_rule']}: {summary['rank_reason']}"),
+        ("rank rule", f"`{summary['rank_rule']}`"),
+        ("rank reason", summary["rank_reason"]),
         ("PCA mode (centred)", "yes" if summary["center"] else "no"),
         ("relative error", f"{summary['relative_error']:.6g}"),
         ("captured energy", f"{summary['captured_energy']:.6g}"),
@@ -367,7 +373,7 @@ def _markdown(summary: dict[str, Any], spectrum: SpectrumData, table: list[dict[
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {r['rank']} | {r['relative_error']:.4g} | {r['captured_energy']:.4g} | "
+        f"| {r['rank']} | {r['relative_error']:.4g} | {r['captured_energy']:.6g} | "
         f"{format_bytes(r['factor_bytes'])} | {r['ratio']:.3g} |"
         for r in table
     ]

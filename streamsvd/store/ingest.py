@@ -23,7 +23,7 @@ from streamsvd.store import checkpoints, layout
 from streamsvd.store.matrix import (
     BatchRecord,
     MatrixMeta,
-    append_block,
+    RowAppender,
     init_matrix,
     matrix_array,
     read_batch_log,
@@ -325,20 +325,21 @@ def _ingest_one(
     row_start = array.shape[0]
     nan_values = dropped = done = 0
     first = True
-    for block in source.blocks(rows):
-        data, n_bad, n_dropped = _validate(block.data, block.row_start, source, options.nan)
-        nan_values += n_bad
-        dropped += n_dropped
-        data = _cast(data, store_dtype, block.row_start, source)
-        if data.shape[0]:
-            start, _ = append_block(array, data)
-            if on_block is not None:
-                on_block(data, start, first)
-                first = False
-        done += block.data.shape[0]
-        if progress is not None:
-            progress(Path(path).name, done, source.n_rows)
-        checkpoints.reached("after-block")
+    with RowAppender(array) as appender:
+        for block in source.blocks(rows):
+            data, n_bad, n_dropped = _validate(block.data, block.row_start, source, options.nan)
+            nan_values += n_bad
+            dropped += n_dropped
+            data = _cast(data, store_dtype, block.row_start, source)
+            if data.shape[0]:
+                start, _ = appender.append(data)
+                if on_block is not None:
+                    on_block(data, start, first)
+                    first = False
+            done += block.data.shape[0]
+            if progress is not None:
+                progress(Path(path).name, done, source.n_rows)
+            checkpoints.reached("after-block")
     row_stop = array.shape[0]
     if done == 0:
         raise InvalidInputError(f"{path} is empty: it has no data rows. Remove it or fill it.")

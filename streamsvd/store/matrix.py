@@ -92,6 +92,52 @@ def write_batch_log(group: zarr.Group, records: list[BatchRecord]) -> None:
     group[layout.BATCHES].attrs["log"] = [r.to_json() for r in records]
 
 
+class RowAppender:
+    """Appends blocks to the matrix in a background thread, one write in flight.
+
+    Reading and validating the next block overlaps the compression and write of
+    the current one; memory holds at most two blocks. Writes keep their order
+    (one worker thread). Use as a context manager; :meth:`flush` waits for the
+    last write and raises its error, if any.
+    """
+
+    def __init__(self, array: zarr.Array) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.array = array
+        self.rows = int(array.shape[0])
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamsvd-write")
+        self._pending: Any = None
+
+    def append(self, block: np.ndarray[Any, Any]) -> tuple[int, int]:
+        """Queue ``block`` for writing after the current rows; returns its row range."""
+        self.flush()
+        start, stop = self.rows, self.rows + block.shape[0]
+        self._pending = self._pool.submit(_write_rows, self.array, block, start, stop)
+        self.rows = stop
+        return start, stop
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> RowAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _write_rows(array: zarr.Array, block: np.ndarray[Any, Any], start: int, stop: int) -> None:
+    array.resize((stop, array.shape[1]))
+    array[start:stop] = block
+
+
 def append_block(array: zarr.Array, block: np.ndarray[Any, Any]) -> tuple[int, int]:
     """Append rows at the end of the matrix; returns their row range."""
     start = array.shape[0]
