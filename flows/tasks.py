@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger as _prefect_run_logger
+from prefect import task
+from prefect.exceptions import MissingContextError
 from prefect.cache_policies import NONE
 
 import streamsvd
@@ -14,6 +16,16 @@ from streamsvd.config import Settings
 from streamsvd.drift import check_drift
 from streamsvd.errors import StoreLockedError, StreamSVDError
 from streamsvd.store.landing import new_sources
+
+
+def get_run_logger() -> Any:
+    """The run logger inside a flow or task run; a plain logger for ``task.fn()`` calls."""
+    try:
+        return _prefect_run_logger()
+    except MissingContextError:
+        import logging
+
+        return logging.getLogger("streamsvd.flows")
 
 
 def is_transient(exc: BaseException) -> bool:

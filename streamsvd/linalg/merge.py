@@ -35,7 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg as sla
 from numpy.typing import ArrayLike, NDArray
+from scipy.linalg import lapack
 
 from streamsvd.errors import InvalidInputError, ShapeMismatchError
 from streamsvd.linalg.signs import fix_signs
@@ -126,6 +128,69 @@ def relative_error(energy: float, s: Array) -> float:
 # ---------------------------------------------------------------------- core step
 
 
+def _svd(a: Array) -> tuple[Array, Array, Array]:
+    """Thin SVD by LAPACK ``gesdd``; ``gesvd`` (slower, more robust) if it fails to converge."""
+    try:
+        return sla.svd(a, full_matrices=False, lapack_driver="gesdd", check_finite=False)  # type: ignore[no-any-return]
+    except np.linalg.LinAlgError:  # pragma: no cover - gesdd non-convergence is rare
+        return sla.svd(a, full_matrices=False, lapack_driver="gesvd", check_finite=False)  # type: ignore[no-any-return]
+
+
+def _svdvals(a: Array) -> Array:
+    try:
+        return sla.svd(a, compute_uv=False, lapack_driver="gesdd", check_finite=False)  # type: ignore[no-any-return]
+    except np.linalg.LinAlgError:  # pragma: no cover
+        return sla.svd(a, compute_uv=False, lapack_driver="gesvd", check_finite=False)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class _RowCompression:
+    """``block = Q[:, :n] r`` for a tall block (``p > n``): Householder QR kept implicit.
+
+    ``r`` (``n × n``, upper triangular) has the same Gram matrix as the block, so the
+    block's rows can be replaced by ``r`` in the core step; ``Q`` is applied to the
+    ``n × q`` result afterwards (``dgemqrt``, O(p n q)) and never formed.
+    """
+
+    r: Array
+    reflectors: Array  # (p, n), Fortran order, from dgeqrt
+    factors: Array  # (nb, n), the block reflectors' triangular factors
+
+    def apply(self, x: Array) -> Array:
+        """``Q[:, :n] @ x`` for ``x`` of shape ``(n, q)``."""
+        p, n = self.reflectors.shape
+        padded = np.zeros((p, x.shape[1]), order="F")
+        padded[:n] = x
+        out, info = lapack.dgemqrt(self.reflectors, self.factors, padded, overwrite_c=1)
+        if info != 0:  # pragma: no cover - only on invalid arguments
+            raise RuntimeError(f"LAPACK dgemqrt failed (info={info})")
+        return np.ascontiguousarray(out)
+
+
+def _compress_rows(block: Array) -> _RowCompression:
+    """Householder QR (``dgeqrt``: recursive, BLAS-3 panels) of a tall ``p × n`` block."""
+    n = block.shape[1]
+    work = np.array(block, dtype=np.float64, order="F")  # a private copy: overwritten
+    reflectors, factors, info = lapack.dgeqrt(min(32, n), work, overwrite_a=1)
+    if info != 0:  # pragma: no cover - only on invalid arguments
+        raise RuntimeError(f"LAPACK dgeqrt failed (info={info})")
+    return _RowCompression(r=np.triu(reflectors[:n]), reflectors=reflectors, factors=factors)
+
+
+def _residual_rank(block: Array, vt_old: Array, threshold: float) -> int:
+    """Number of singular values of ``H = block (I − V vt)`` above ``threshold``.
+
+    Projected twice ("twice is enough", Giraud et al. 2005): one projection leaves
+    O(eps ‖block‖) of ``span(V)`` in ``H``.
+    """
+    if block.size == 0:
+        return 0
+    v = vt_old.T
+    resid = block - (block @ v) @ vt_old
+    resid -= (resid @ v) @ vt_old
+    return int(np.count_nonzero(_svdvals(resid) > threshold))
+
+
 @dataclass(frozen=True)
 class _Core:
     """Result of the core merge: ``U' = blockdiag(U, Q) mix``, signs already fixed."""
@@ -136,56 +201,39 @@ class _Core:
 
 
 def _core_step(s_old: Array, vt_old: Array, block: Array, *, rank: int, tol: float | None) -> _Core:
-    """SVD of ``[[diag(s_old) vt_old], [block]]`` through the small core matrix.
+    """Top-``rank`` SVD of ``[[diag(s_old) vt_old], [block]]`` through a small matrix.
 
-    ``vt_old`` must have orthonormal rows. Cost O(p n min(p, n) + (k + p)(k + r)² + n k r)
-    for a block of ``p`` rows, independent of the number of rows behind ``s_old``.
+    ``vt_old`` must have orthonormal rows. A block taller than wide (``p > n``) is first
+    replaced by the triangular factor of its QR (same Gram matrix, ``n`` rows); the
+    stacked ``(k + min(p, n)) × n`` matrix then has an ordinary thin SVD, and its left
+    factor is mapped back through the implicit ``Q``. The rank kept is ``min(rank, k + r)``
+    with ``r`` the numerical rank of the residual ``block (I − V vt)`` (singular values
+    above ``tol · max(s_old[0], ‖block‖_F)``); ``r`` is computed only when
+    ``rank > k``. Cost O(p n min(p, n) + (k + min(p, n)) n min(k + p, n) + p n rank),
+    independent of the number of rows behind ``s_old``; never an SVD of more than
+    ``k + n`` rows.
     """
     k, n = vt_old.shape
     p = block.shape[0]
-    v = vt_old.T
-    lower = block @ v  # L = C V, (p, k)
-    resid = block - lower @ vt_old  # H = C − L vt
-    # Project twice ("twice is enough", Giraud et al. 2005): one projection leaves
-    # O(eps ‖C‖) of span(V) in H, which would bend J towards V.
-    again = resid @ v
-    resid -= again @ vt_old
-    lower += again
-    scale = max(float(s_old[0]) if k else 0.0, float(np.linalg.norm(block)))
-    if tol is None:
-        tol = max(p, n, 1) * _EPS
-    if p and n and scale > 0:
-        ph, sh, qht = np.linalg.svd(resid, full_matrices=False)
-        keep = sh > tol * scale
-        j_raw = qht[keep].T  # (n, r)
-        kt = ph[:, keep] * sh[keep]  # Kᵀ, (p, r)
-        # Re-orthogonalize J against V (twice) and re-express: Kᵀ J_rawᵀ = Kᵀ Xᵀ Vᵀ + Kᵀ Rᵀ Jᵀ.
-        x = vt_old @ j_raw
-        j_raw = j_raw - v @ x
-        x2 = vt_old @ j_raw
-        j_raw -= v @ x2
-        x += x2
-        j, r_j = np.linalg.qr(j_raw)
-        lower += kt @ x.T
-        kt = kt @ r_j.T
-    else:
-        j = np.zeros((n, 0))
-        kt = np.zeros((p, 0))
-    r = j.shape[1]
-    core = np.zeros((k + p, k + r))
-    core[:k, :k] = np.diag(s_old)
-    core[k:, :k] = lower
-    core[k:, k:] = kt
-    if core.size:
-        u_hat, s_hat, vt_hat = np.linalg.svd(core, full_matrices=False)
-    else:
-        u_hat, s_hat, vt_hat = np.zeros((k + p, 0)), np.zeros(0), np.zeros((0, k + r))
-    k_new = min(rank, s_hat.shape[0])
-    vt_new = vt_hat[:k_new, :k] @ vt_old + vt_hat[:k_new, k:] @ j.T
-    mix, vt_new = fix_signs(u_hat[:, :k_new], vt_new)
+    comp = _compress_rows(block) if p > n > 0 else None
+    small = block if comp is None else comp.r
+    k_new = min(rank, k + small.shape[0], n)
+    if rank > k:
+        scale = max(float(s_old[0]) if k else 0.0, float(np.linalg.norm(block)))
+        if tol is None:
+            tol = max(p, n, 1) * _EPS
+        r = _residual_rank(small, vt_old, tol * scale) if scale > 0 else 0
+        k_new = min(k_new, k + r)
+    if k_new == 0:
+        return _Core(mix=np.zeros((k + p, 0)), s=np.zeros(0), vt=np.zeros((0, n)))
+    stacked = np.vstack([s_old[:, None] * vt_old, small])
+    u_hat, s_hat, vt_hat = _svd(stacked)
+    top = u_hat[:, :k_new]
+    lower = top[k:] if comp is None else comp.apply(top[k:])
+    mix, vt_new = fix_signs(np.vstack([top[:k], lower]), vt_hat[:k_new])
     return _Core(
         mix=mix.astype(np.float64, copy=False),
-        s=s_hat[:k_new].copy(),
+        s=s_hat[:k_new].astype(np.float64, copy=True),
         vt=vt_new.astype(np.float64, copy=False),
     )
 
@@ -223,7 +271,10 @@ def _extend_lazy(
     if q == 0:
         return _LazyRows(coef=np.zeros((c, 0)), rows=np.zeros((b, c)), added=0)
     if p:
-        pl, sig, qht = np.linalg.svd(old_coords, full_matrices=True)
+        try:
+            pl, sig, qht = sla.svd(old_coords, lapack_driver="gesdd", check_finite=False)
+        except np.linalg.LinAlgError:  # pragma: no cover
+            pl, sig, qht = sla.svd(old_coords, lapack_driver="gesvd", check_finite=False)
     else:
         pl, sig, qht = np.zeros((0, 0)), np.zeros(0), np.eye(q)
     r = int(np.count_nonzero(sig > extend_below))  # sig is sorted, the kept ones come first
