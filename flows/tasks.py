@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import get_run_logger as _prefect_run_logger
 from prefect import task
-from prefect.exceptions import MissingContextError
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 
 import streamsvd
 from streamsvd.config import Settings
