@@ -179,10 +179,27 @@ def verify_store(settings: Settings, scheduler: str) -> dict[str, Any]:
 
 @task(name="publish-report", cache_policy=NONE)
 def publish_report(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
-    """Prefect artifacts: a table and a Markdown summary of this run."""
+    """Prefect artifacts: a table, a Markdown summary, and the report's plots.
+
+    The report (PNG plots and ``report.md``) is written to ``report.out``; the
+    plots are embedded in a Markdown artifact as data URIs, so the Prefect UI
+    shows them without access to that directory.
+    """
+    import base64
+
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     info = streamsvd.info(settings.store.path)
+    paths = streamsvd.write_report(settings.store.path, settings.report.out)
+    images = []
+    for image in paths.images:
+        encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+        images.append(f"![{image.stem}](data:image/png;base64,{encoded})")
+    create_markdown_artifact(
+        key="streamsvd-plots",
+        markdown="\n\n".join(["# streamsvd report", *images]),
+        description=f"spectrum, energy and error history; files in {paths.out_dir}",
+    )
     factors = info["factors"] or {}
     rows = [
         {"metric": "rows", "value": info["rows"]},
@@ -206,8 +223,9 @@ def publish_report(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
         f"- this run: {run['ingested']} files ingested, {run['updates']} updates, "
         f"refit: {run['refit_reason'] or 'no'}",
     ]
+    lines.append(f"- report: `{paths.markdown}`")
     create_markdown_artifact(key="streamsvd-summary", markdown="\n".join(lines))
-    return {"info": info, "markdown": "\n".join(lines)}
+    return {"info": info, "markdown": "\n".join(lines), "report": str(paths.markdown)}
 
 
 def initial_files(files: list[str], fraction: float) -> int:

@@ -120,7 +120,7 @@ def fit(
     >>> np.save(f"{tmp}/rows.npy", rng.standard_normal((300, 3)) @ rng.standard_normal((3, 20)))
     >>> _ = ingest(f"{tmp}/store", [f"{tmp}/rows.npy"])
     >>> summary = streamsvd.fit(f"{tmp}/store", rank=3, scheduler="sync")
-    >>> summary["rank"], summary["relative_error"] < 1e-10
+    >>> summary["rank"], summary["relative_error"] < 1e-6  # exact up to round-off
     (3, True)
     """
     started = time.perf_counter()

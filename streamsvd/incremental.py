@@ -167,7 +167,7 @@ def update(
     >>> _ = streamsvd.ingest(store, [rows[:200]])
     >>> _ = streamsvd.fit(store, rank=3, scheduler="sync")
     >>> report = streamsvd.update(store, [rows[200:]])
-    >>> report.rows_added, report.rank, report.relative_error < 1e-8
+    >>> report.rows_added, report.rank, report.relative_error < 1e-6  # round-off
     (200, 3, True)
     """
     options = options or IngestOptions()

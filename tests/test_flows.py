@@ -196,3 +196,32 @@ def test_pipeline_flow_end_to_end(
     assert [u["rows_added"] for u in second["updates"]] == [80]
     history = streamsvd.open_factors(tmp_path / "store").attrs["history"]
     assert [h["op"] for h in history] == ["fit", "update", "update", "update"]
+    report = tmp_path / "report"
+    assert sorted(p.name for p in report.iterdir()) == [
+        "energy.png",
+        "history.png",
+        "report.md",
+        "spectrum.png",
+    ]
+
+
+def test_pipeline_publishes_artifacts(
+    prefect_harness: None, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import pipeline_flow
+
+    landing_files(tmp_path, rng, 2)
+    pipeline_flow(config=str(write_config(tmp_path)))
+
+    async def latest(key: str) -> Any:
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    artifacts = {a.key: a for a in asyncio.run(latest("x"))}
+    assert {"streamsvd-run", "streamsvd-summary", "streamsvd-plots"} <= set(artifacts)
+    assert "data:image/png;base64," in str(artifacts["streamsvd-plots"].data)
+    assert "rank 4" in str(artifacts["streamsvd-summary"].data)

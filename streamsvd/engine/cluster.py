@@ -28,6 +28,7 @@ def dask_client(
     threads_per_worker: int | None = None,
     security: Any = None,
     check_versions: bool = True,
+    timeout: str = "20s",
 ) -> Iterator[Any]:
     """A ``distributed.Client``: to ``address`` or to a new embedded LocalCluster.
 
@@ -41,13 +42,17 @@ def dask_client(
         per core; NumPy and the codecs release the GIL).
     security : distributed.security.Security, optional
         TLS settings for ``tls://`` addresses.
+    check_versions : bool
+        Compare package versions across client, scheduler and workers.
+    timeout : str
+        How long to try reaching the scheduler.
     """
     from distributed import Client, LocalCluster
 
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
         try:
-            client = Client(address, security=security, timeout="20s")
+            client = Client(address, security=security, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot reach the Dask scheduler at {address}: {exc}; check the address "

@@ -1,0 +1,64 @@
+"""Connecting to Dask: version checks and addresses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streamsvd.engine.cluster import check_cluster_versions, cluster_address, dask_client
+from streamsvd.errors import ConfigError
+
+
+class FakeClient:
+    """Answers version queries as a scheduler and two workers would."""
+
+    def __init__(self, worker_numpy: str) -> None:
+        self.worker_numpy = worker_numpy
+
+    def run_on_scheduler(self, fn: Callable[[], dict[str, str]]) -> dict[str, str]:
+        return fn()
+
+    def run(self, fn: Callable[[], dict[str, str]]) -> dict[str, dict[str, str]]:
+        same = fn()
+        return {
+            "tcp://127.0.0.1:1": same,
+            "tcp://127.0.0.1:2": {**same, "numpy": self.worker_numpy},
+        }
+
+
+def test_matching_versions_pass() -> None:
+    import numpy as np
+
+    check_cluster_versions(FakeClient(np.__version__))
+
+
+def test_a_mismatch_names_package_where_and_fix() -> None:
+    with pytest.raises(
+        ConfigError, match=r"numpy 1\.0\.0 on tcp://127\.0\.0\.1:2 vs .* here.*same versions"
+    ):
+        check_cluster_versions(FakeClient("1.0.0"))
+
+
+def test_unreachable_scheduler_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with (
+        pytest.raises(
+            ConfigError, match=rf"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:{port}"
+        ),
+        dask_client(f"tcp://127.0.0.1:{port}", timeout="2s"),
+    ):
+        pass
+
+
+def test_cluster_address_passes_non_local_through() -> None:
+    results: list[Any] = []
+    for name in ("threads", "tcp://host:8786"):
+        with cluster_address(name) as address:
+            results.append(address)
+    assert results == ["threads", "tcp://host:8786"]
