@@ -30,7 +30,10 @@ demo: $(STAMP)
 	$(PY) -m flows demo --config config/demo.yaml
 
 bench: $(STAMP)
+	$(PY) benchmarks/chunking.py
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/fit.py
+	$(PY) benchmarks/update.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-data
