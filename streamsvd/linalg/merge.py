@@ -9,17 +9,21 @@ change only ``T`` and append rows to ``U_raw`` (see :mod:`streamsvd.linalg.updat
 The merge (Brand 2006, section 3; the same step merges two partial SVDs, as gensim's
 ``merge`` does): with the old part ``γ diag(s) vt`` (left factor ``U``, orthonormal
 columns) and a block of ``p`` more rows ``C`` (left factor ``Q``, orthonormal columns,
-block-diagonal to ``U``)::
+block-diagonal to ``U``), the updated factors are the top-``k'`` SVD of the stacked
+``W = [γ diag(s) vt; C]``. Brand's core ``M = W [V J]`` (``J`` a basis of the residual
+``C − C V vt``) has the same SVD; it is computed without forming ``J`` or any
+matrix with more than ``k + n`` rows::
 
-    L = C V;  H = C − L vt;  H = P Σ Jᵀ  (SVD; directions with Σ_jj ≤ tol·scale dropped)
-    M = [[γ diag(s), 0], [L, P Σ]]       ((k + p) × (k + r), small)
-    M = Û diag(ŝ) V̂ᵀ
-    s' = ŝ[:k'];  vt' = V̂[:, :k']ᵀ [V J]ᵀ;  U' = blockdiag(U, Q) Û[:, :k']
+    p > n:  C = Q_C R_C (Householder, Q_C implicit);  W̃ = [γ diag(s) vt; R_C]
+    W̃ = Û diag(ŝ) V̂ᵀ   (top k' only: certified subspace iteration, else LAPACK)
+    s' = ŝ[:k'];  vt' = V̂[:, :k']ᵀ;  U' = blockdiag(U, Q Q_C) Û[:, :k']
+
+with ``k' = min(rank, k + r)``, ``r`` the numerical rank of the residual (evaluated only
+when ``rank > k``).
 
 Exact accounting. Let ``X = [γ A; B]`` with ``A = U diag(s) vt + E``, ``Uᵀ E = 0`` and
 ``B = Q C + F``, ``Qᵀ F = 0`` (``F = 0`` when ``Q`` is the identity). Then
-``U'ᵀ X = Ûᵀ [γ diag(s) vt; C] = Ûᵀ M [V J]ᵀ = diag(s') vt'`` (up to the dropped
-directions of ``H``, below ``tol``), hence
+``U'ᵀ X = Ûᵀ [γ diag(s) vt; C] = diag(s') vt'`` (nothing of ``C`` is dropped), hence
 ``‖X − U' diag(s') vt'‖_F² = ‖X‖_F² − Σ s'²`` with ``‖X‖_F² = γ² ‖A‖_F² + ‖B‖_F²``.
 
 References
@@ -47,6 +51,11 @@ __all__ = ["MergedSVD", "PartialSVD", "merge_svds"]
 Array = NDArray[np.float64]
 
 _EPS = float(np.finfo(np.float64).eps)
+
+#: Smallest ``min(m, n)`` of the core matrix for which the partial SVD is tried.
+_PARTIAL_MIN = 128
+#: Refinement steps of the partial SVD before falling back to a full SVD.
+_REFINE_STEPS = 6
 
 
 # --------------------------------------------------------------------------- checks
@@ -131,16 +140,74 @@ def relative_error(energy: float, s: Array) -> float:
 def _svd(a: Array) -> tuple[Array, Array, Array]:
     """Thin SVD by LAPACK ``gesdd``; ``gesvd`` (slower, more robust) if it fails to converge."""
     try:
-        return sla.svd(a, full_matrices=False, lapack_driver="gesdd", check_finite=False)  # type: ignore[no-any-return]
+        return sla.svd(a, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     except np.linalg.LinAlgError:  # pragma: no cover - gesdd non-convergence is rare
-        return sla.svd(a, full_matrices=False, lapack_driver="gesvd", check_finite=False)  # type: ignore[no-any-return]
+        return sla.svd(a, full_matrices=False, lapack_driver="gesvd", check_finite=False)
 
 
 def _svdvals(a: Array) -> Array:
     try:
-        return sla.svd(a, compute_uv=False, lapack_driver="gesdd", check_finite=False)  # type: ignore[no-any-return]
+        return sla.svd(a, compute_uv=False, lapack_driver="gesdd", check_finite=False)
     except np.linalg.LinAlgError:  # pragma: no cover
-        return sla.svd(a, compute_uv=False, lapack_driver="gesvd", check_finite=False)  # type: ignore[no-any-return]
+        return sla.svd(a, compute_uv=False, lapack_driver="gesvd", check_finite=False)
+
+
+def _top_svd_tall(y: Array, q: int, k_new: int) -> tuple[Array, Array, Array] | None:
+    """Top-``k_new`` SVD of a tall ``y`` (``m ≥ n``) by a certified two-sided subspace
+    iteration, or ``None`` (the caller then runs a full LAPACK SVD).
+
+    Start: the top-``q`` eigenvectors of ``yᵀ y`` (``syevr``, subset). That start squares
+    the condition number, so it is refined by products with ``y`` and ``yᵀ`` only
+    (``W ← orth(yᵀ orth(y W))``, never ``yᵀ y`` again) and each candidate is accepted
+    only when it is as good as LAPACK's: the Rayleigh–Ritz triplets ``(s_i, u_i, v_i)``
+    satisfy ``y v_i = s_i u_i`` by construction and must have ``‖yᵀ u_i − s_i v_i‖ ≤
+    max(m, n) · eps · s_0`` (a backward error of that size) and ``s_i²`` must match the
+    ``i``-th eigenvalue of ``yᵀ y`` within its rounding (so no larger singular value was
+    missed).
+    """
+    m, n = y.shape
+    try:
+        lam, w = sla.eigh(y.T @ y, subset_by_index=[n - q, n - 1], driver="evr", check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):  # pragma: no cover
+        return None
+    lam, w = lam[::-1], w[:, ::-1]
+    if not lam[0] > 0:
+        return None
+    gram_err = 4 * n * _EPS * lam[0]
+    for _ in range(_REFINE_STEPS):
+        u_hat, s_hat, wz = _svd(y @ w)  # Rayleigh–Ritz on span(w)
+        v = w @ wz.T
+        resid = y.T @ u_hat[:, :k_new] - v[:, :k_new] * s_hat[:k_new]
+        bound = max(m, n) * _EPS * s_hat[0]
+        if np.all(np.linalg.norm(resid, axis=0) <= bound) and np.all(
+            np.abs(s_hat[:k_new] ** 2 - lam[:k_new]) <= gram_err + 2 * s_hat[:k_new] * bound
+        ):
+            return u_hat[:, :k_new], s_hat[:k_new], v[:, :k_new].T
+        w = sla.qr(y.T @ u_hat, mode="economic", check_finite=False)[0]
+    return None
+
+
+def _top_svd(y: Array, k_new: int) -> tuple[Array, Array, Array]:
+    """``(u, s, vt)`` of the top ``k_new`` singular triplets of a small dense ``y``.
+
+    A full thin SVD when ``k_new`` is a large share of ``min(m, n)``; otherwise the
+    certified subspace iteration of :func:`_top_svd_tall` (about 3× cheaper for
+    ``k_new ≈ n / 10``), falling back to the full SVD whenever it is not certified.
+    """
+    m, n = y.shape
+    full = min(m, n)
+    q = min(full, k_new + max(10, k_new // 2))
+    if full >= _PARTIAL_MIN and 2 * q <= full:
+        if m >= n:
+            found = _top_svd_tall(y, q, k_new)
+        else:
+            found = _top_svd_tall(y.T, q, k_new)
+            if found is not None:
+                found = (found[2].T, found[1], found[0].T)
+        if found is not None:
+            return found
+    u_hat, s_hat, vt_hat = _svd(y)
+    return u_hat[:, :k_new], s_hat[:k_new], vt_hat[:k_new]
 
 
 @dataclass(frozen=True)
@@ -227,13 +294,12 @@ def _core_step(s_old: Array, vt_old: Array, block: Array, *, rank: int, tol: flo
     if k_new == 0:
         return _Core(mix=np.zeros((k + p, 0)), s=np.zeros(0), vt=np.zeros((0, n)))
     stacked = np.vstack([s_old[:, None] * vt_old, small])
-    u_hat, s_hat, vt_hat = _svd(stacked)
-    top = u_hat[:, :k_new]
+    top, s_hat, vt_hat = _top_svd(stacked, k_new)
     lower = top[k:] if comp is None else comp.apply(top[k:])
-    mix, vt_new = fix_signs(np.vstack([top[:k], lower]), vt_hat[:k_new])
+    mix, vt_new = fix_signs(np.vstack([top[:k], lower]), vt_hat)
     return _Core(
         mix=mix.astype(np.float64, copy=False),
-        s=s_hat[:k_new].astype(np.float64, copy=True),
+        s=s_hat.astype(np.float64, copy=True),
         vt=vt_new.astype(np.float64, copy=False),
     )
 

@@ -259,9 +259,10 @@ def append_rows(
 
     Notes
     -----
-    Reads only the new rows, never ``U_raw`` nor old data. Cost
-    O(b n min(b, n) + (k + b)(k + r)² + c k²) flops, memory O((b + k) n), independent of
-    the number of rows seen. Signs follow :func:`streamsvd.linalg.signs.fix_signs`.
+    Reads only the new rows, never ``U_raw`` nor old data. The SVD of ``M`` is obtained
+    without any matrix of more than ``k + n`` rows (see :mod:`streamsvd.linalg.merge`):
+    cost O(b n min(b, n) + b n k' + n³) flops, memory O((b + k) n), independent of the
+    number of rows seen. Signs follow :func:`streamsvd.linalg.signs.fix_signs`.
 
     Examples
     --------
