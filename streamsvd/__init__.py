@@ -20,6 +20,7 @@ from streamsvd.projection import (
     reconstruct,
     reconstruct_file,
 )
+from streamsvd.recommendation import evaluate_recall, recommend
 from streamsvd.report import ReportPaths, write_report
 from streamsvd.store.info import store_info as info
 from streamsvd.store.ingest import IngestOptions, ingest
@@ -33,6 +34,7 @@ __all__ = [
     "VerifyReport",
     "compression_table",
     "errors",
+    "evaluate_recall",
     "export",
     "fit",
     "info",
@@ -40,6 +42,7 @@ __all__ = [
     "open_factors",
     "project",
     "project_file",
+    "recommend",
     "reconstruct",
     "reconstruct_file",
     "update",

@@ -47,8 +47,16 @@ def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int) -> int:
 
 
 def matrix_as_dask(group: zarr.Group, *, block_rows: int | None = None) -> da.Array:
-    """The stored matrix as a Dask array whose blocks are whole Zarr chunks."""
+    """The stored matrix as a Dask array whose blocks are whole Zarr chunks.
+
+    For a sparse store every block is a ``scipy.sparse.csr_matrix`` (never densified;
+    see :func:`streamsvd.store.sparse.as_dask`).
+    """
     meta = read_meta(group)
+    if meta.kind == "sparse":
+        from streamsvd.store import sparse
+
+        return sparse.as_dask(group, block_rows=block_rows)
     array = matrix_array(group)
     rows = block_rows or block_rows_for(meta.chunk_rows, meta.n_cols, np.dtype(meta.dtype).itemsize)
     # chunks= explicitly: from_zarr would otherwise follow the inner chunks (dask#12586).
@@ -317,7 +325,13 @@ def verify(
     stored = read_factors(group)
     rows = int(stored.attrs["rows_covered"])
     with _scheduler(scheduler):
-        a = matrix_as_dask(group)[:rows]
+        if read_meta(group).kind == "sparse":
+            from streamsvd.store import sparse
+
+            # Columns added after the factors were written are zero on the rows they cover.
+            a = sparse.as_dask(group, rows=rows, n_cols=stored.vt.shape[1])
+        else:
+            a = matrix_as_dask(group)[:rows]
         u_raw = da.from_zarr(stored.u_raw, chunks=(a.chunks[0], stored.u_raw.shape[1]))
         measured = verify_array(a, u_raw, stored.t, stored.s, stored.vt, stored.mean)
     recorded = float(stored.attrs["relative_error"])

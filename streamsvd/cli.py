@@ -38,6 +38,11 @@ err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+FORMAT_HELP = (
+    "auto|npy|csv|parquet|hdf5|zarr, or triplets: row_id,col_id,value CSV/Parquet "
+    "into a sparse store (its later sources are always triplets)"
+)
+
 StoreArg = Annotated[str, typer.Argument(help="Store: a local path or s3://bucket/prefix.")]
 
 
@@ -80,9 +85,7 @@ def ingest(
     sources: Annotated[
         list[str], typer.Argument(help="Files, landing folders or globs; each file is a batch.")
     ],
-    format: Annotated[
-        str, typer.Option("--format", help="auto|npy|csv|parquet|hdf5|zarr")
-    ] = "auto",
+    format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "auto",
     dataset: Annotated[
         str | None, typer.Option(help="Dataset path inside HDF5 files (or a Zarr group).")
     ] = None,
@@ -96,7 +99,7 @@ def ingest(
     nan: Annotated[
         str, typer.Option(help="reject|zero|drop: what to do with NaN and Inf.")
     ] = "reject",
-    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 128,
+    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 64,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Append row sources to STORE in one commit (creating it on first use)."""
@@ -282,12 +285,10 @@ def update(
         list[str] | None,
         typer.Argument(help="New files, landing folders or globs (none: catch up only)."),
     ] = None,
-    format: Annotated[
-        str, typer.Option("--format", help="auto|npy|csv|parquet|hdf5|zarr")
-    ] = "auto",
+    format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "auto",
     dataset: Annotated[str | None, typer.Option(help="Dataset path inside HDF5 files.")] = None,
     nan: Annotated[str, typer.Option(help="reject|zero|drop: NaN and Inf.")] = "reject",
-    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 128,
+    memory_mb: Annotated[int, typer.Option(help="Memory budget of one read block, MiB.")] = 64,
     forget: Annotated[
         float, typer.Option(help="γ in (0, 1]: down-weight old rows before each batch.")
     ] = 1.0,
@@ -343,7 +344,8 @@ def main() -> None:
 
 
 # Commands that use the factors (project, reconstruct, compress-report, report).
-import streamsvd.cli_factors  # noqa: E402, F401
+import streamsvd.cli_factors  # noqa: E402
+import streamsvd.cli_recommend  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -50,7 +50,7 @@ class SourceSettings(_Section):
     )
     dataset: str | None = Field(None, description="Dataset path inside HDF5 files")
     nan: Literal["reject", "zero", "drop"] = Field("reject", description="NaN/Inf policy")
-    memory_mb: int = Field(128, ge=1, le=65_536, description="Memory budget of one read block")
+    memory_mb: int = Field(64, ge=1, le=65_536, description="Memory budget of one read block (MiB)")
 
 
 class SVDSettings(_Section):

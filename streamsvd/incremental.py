@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import scipy.sparse
 import zarr
 
 from streamsvd.errors import ConfigError, NoFactorsError
 from streamsvd.linalg.compaction import compact_rows, compacted_t, needs_compaction
+from streamsvd.linalg.sparse_update import append_sparse_rows
 from streamsvd.linalg.update import append_rows
 from streamsvd.linalg.update_centered import append_rows_centered
-from streamsvd.store import layout
+from streamsvd.store import layout, sparse
 from streamsvd.store.factors import now, read_factors, write_small_factors
 from streamsvd.store.ingest import (
     IngestOptions,
@@ -184,8 +186,9 @@ def update(
         with opened.transaction() as tx:
             group = tx.group
             state = _load_state(group)
-            n_rows = int(matrix_array(group).shape[0])
             meta = read_meta(group)
+            is_sparse = meta.kind == sparse.KIND
+            n_rows = sparse.n_rows(group) if is_sparse else int(matrix_array(group).shape[0])
             block_rows = max(meta.chunk_rows, 1)
 
             def fold_in(rows: np.ndarray, start: int, first_of_batch: bool) -> None:
@@ -195,11 +198,14 @@ def update(
             covered = state.rows
             caught_up = n_rows - covered
             if caught_up > 0:
-                matrix = matrix_array(group)
                 step = block_rows * 16
                 for start in range(covered, n_rows, step):
                     stop = min(start + step, n_rows)
-                    fold_in(np.asarray(matrix[start:stop]), start, start == covered)
+                    if is_sparse:
+                        block: Any = sparse.read_rows(group, start, stop)
+                    else:
+                        block = np.asarray(matrix_array(group)[start:stop])
+                    fold_in(block, start, start == covered)
             partial = ingest_into(tx, items, options, progress, created=False, on_block=fold_in)
             rows_added = sum(b.rows for b in partial.batches)
             if not partial.batches and caught_up == 0:
@@ -291,10 +297,25 @@ def _load_state(group: zarr.Group) -> _State:
 
 
 def _append(state: _State, rows: np.ndarray, forget: float, sketch_above: int | None) -> None:
-    """Fold ``rows`` into ``state`` and append their ``U_raw`` rows."""
-    rows = np.asarray(rows, dtype=np.float64)
+    """Fold ``rows`` into ``state`` and append their ``U_raw`` rows.
+
+    A scipy.sparse batch (sparse store) goes to
+    :func:`streamsvd.linalg.sparse_update.append_sparse_rows`, never densified.
+    """
     rank = int(state.s.size)
-    if state.mean is not None:
+    if scipy.sparse.issparse(rows):
+        if state.mean is not None:
+            raise ConfigError(
+                "the factors of this sparse store are centred (fit --center): a centred "
+                "update would densify the new rows. Refit with `streamsvd fit` instead, or "
+                "fit without --center to update incrementally."
+            )
+        result: Any = append_sparse_rows(
+            state.t, state.s, state.vt, state.energy, rows, rank=rank, forget=forget
+        )
+        state.rows_seen = state.rows_seen * forget**2 + rows.shape[0]
+    elif state.mean is not None:
+        rows = np.asarray(rows, dtype=np.float64)
         centred = append_rows_centered(
             state.t,
             state.s,
@@ -311,8 +332,9 @@ def _append(state: _State, rows: np.ndarray, forget: float, sketch_above: int | 
         state.mean = centred.updated_mean
         state.rows_seen = centred.updated_rows_seen
         state.ones = centred.updated_ones
-        result: Any = centred
+        result = centred
     else:
+        rows = np.asarray(rows, dtype=np.float64)
         result = append_rows(
             state.t,
             state.s,
@@ -388,6 +410,7 @@ def _write_state(session: Any, state: _State, record: dict[str, Any]) -> None:
             "history": [*attrs.get("history", []), record],
             "compactions": int(attrs.get("compactions", 0)) + int(record["compacted"]),
             "u_raw_columns": int(state.u_raw.shape[1]),
+            "cols": int(state.vt.shape[1]),
         }
     )
     if record["forget"] != 1.0:

@@ -160,7 +160,7 @@ def test_fit_survives_a_lost_worker_with_the_same_factors(
 
     fitting = threading.Thread(target=run)
     fitting.start()
-    with Client(topology.dask_scheduler) as client:
+    with Client(topology.dask_scheduler, set_as_default=False) as client:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until the first pass is under way
             processing = client.processing()

@@ -47,12 +47,15 @@ def dask_client(
     timeout : str
         How long to try reaching the scheduler.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
         try:
-            client = Client(address, security=security, timeout=timeout)
+            # Not set as the process-wide default: that is global state, and a
+            # second thread's client would overwrite (and not restore) it.
+            client = Client(address, security=security, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
@@ -61,7 +64,8 @@ def dask_client(
         try:
             if check_versions:
                 check_cluster_versions(client)
-            yield client
+            with dask.config.set(scheduler=client.get):
+                yield client
         finally:
             client.close()
         return
@@ -73,7 +77,10 @@ def dask_client(
         silence_logs=40,
     )
     try:
-        with Client(cluster) as client:
+        with (
+            Client(cluster, set_as_default=False) as client,
+            dask.config.set(scheduler=client.get),
+        ):
             yield client
     finally:
         cluster.close()

@@ -145,14 +145,19 @@ class FitResult:
 def current_client() -> Any | None:
     """The ``distributed.Client`` that ``dask.compute`` would use now, or None."""
     try:
-        from distributed import default_client
+        from distributed import Client, default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
         return None
+    getter = dask.base.get_scheduler()
+    # A client configured as the scheduler (dask.config.set(scheduler=client.get))
+    # without being the process-wide default, as streamsvd's own connections are.
+    owner = getattr(getter, "__self__", None)
+    if isinstance(owner, Client):
+        return owner
     try:
         client = default_client()
     except ValueError:
         return None
-    getter = dask.base.get_scheduler()
     return client if getter == client.get else None
 
 
@@ -245,7 +250,9 @@ def _run_passes(
         q_d, shift_d = share(q), share(shift)
         parts = [delayed(power_block)(b, q_d, shift_d, dtype) for b in blocks]
         (sums,) = compute_pass([tree_reduce(parts, combine)], progress=progress, label=label)
+        del parts, q_d  # the graph holds the old Q: free it before the next n × l arrays
         q, mean = power_step(sums, q, center, shift)
+        del sums
         if center:
             shift = mean
         timings[label] = time.perf_counter() - start
@@ -255,19 +262,25 @@ def _run_passes(
     q_d, shift_d = share(q), share(shift)
     outs = [delayed(final_block, nout=2)(b, q_d, shift_d, center) for b in blocks]
     objs: list[Any] = [tree_reduce([o[1] for o in outs], combine)]
-    if sink is not None:
-        cols = width + int(center)
-        z = da.concatenate(
-            [
-                da.from_delayed(o[0], shape=(rows, cols), dtype=np.float64)
-                for o, rows in zip(outs, a.chunks[0], strict=True)
-            ]
-        )
-        objs.append(sink.lazy_store(z))
-    results = compute_pass(objs, progress=progress, label=label)
+    # No low-level fusion: a sink that takes ``z.to_delayed()`` (optimized) would fuse
+    # each final_block task under a new key, and every block would be computed twice
+    # (once for the sums, once for U_raw): twice the CPU and the peak memory.
+    with dask.config.set({"optimization.fuse.active": False}):
+        if sink is not None:
+            cols = width + int(center)
+            z = da.concatenate(
+                [
+                    da.from_delayed(o[0], shape=(rows, cols), dtype=np.float64)
+                    for o, rows in zip(outs, a.chunks[0], strict=True)
+                ]
+            )
+            objs.append(sink.lazy_store(z))
+        results = compute_pass(objs, progress=progress, label=label)
     if sink is not None:
         sink.finish(results[1])
+    del outs, objs, q_d
     final: BlockSums = results[0]
+    del results
     r, y, energy, mean, c = finish_final_pass(final, q, center, shift)
     sketch = sketch_svd(r, y)
     timings[label] = time.perf_counter() - start

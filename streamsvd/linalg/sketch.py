@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 from numpy.typing import NDArray
 
 from streamsvd.linalg.signs import fix_signs
@@ -56,6 +57,12 @@ FloatArray = NDArray[np.float64]
 #: √eps bounds the noise by ~√eps·σ₁ and drops directions whose energy is below
 #: eps·σ₁² each, far under any tolerance the rank rules accept (≥ 10√eps).
 DEFAULT_RCOND = float(np.sqrt(np.finfo(np.float64).eps))
+
+
+#: Rows per slice of the TSQR inside one sparse block (:func:`final_block`).
+_R_SLICE_ROWS = 65536
+#: ``Y`` larger than this (bytes) is factored through a QR of ``Bᵀ`` (:func:`sketch_svd`).
+_TALL_SVD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,8 +131,14 @@ def orthonormalize(y: NDArray[np.floating]) -> FloatArray:
 
     The result has orthonormal columns even when ``y`` is rank deficient.
     """
-    q, _ = np.linalg.qr(np.asarray(y, dtype=np.float64), mode="reduced")
-    return q
+    # LAPACK geqrf + orgqr in place on a Fortran copy (what numpy's qr runs, with
+    # one n × width copy instead of three: matters when n_cols is in the millions).
+    a = np.array(y, dtype=np.float64, order="F", copy=True)
+    if a.shape[0] < a.shape[1] or a.size == 0:
+        q, _ = np.linalg.qr(a, mode="reduced")
+        return q
+    q, _ = scipy.linalg.qr(a, mode="economic", overwrite_a=True, check_finite=False)
+    return np.asarray(q, dtype=np.float64)
 
 
 def dense_block(block: Any, dtype: type[np.floating] = np.float64) -> NDArray[np.floating]:
@@ -133,6 +146,77 @@ def dense_block(block: Any, dtype: type[np.floating] = np.float64) -> NDArray[np
     if hasattr(block, "toarray"):
         block = block.toarray()
     return np.asarray(block, dtype=dtype)
+
+
+def is_sparse_block(block: Any) -> bool:
+    """Whether ``block`` is a scipy.sparse matrix (handled without densifying)."""
+    return bool(scipy.sparse.issparse(block))
+
+
+def _sparse_block(block: Any, dtype: type[np.floating]) -> Any:
+    """``block`` as CSR of ``dtype``: only the stored values are cast, never densified."""
+    csr = scipy.sparse.csr_matrix(block)
+    return csr if csr.dtype == dtype else csr.astype(dtype)
+
+
+def _sparse_colsum(a: Any) -> FloatArray:
+    """Column sums of a CSR block in float64 (one pass over its stored values)."""
+    sums = np.bincount(a.indices, weights=a.data.astype(np.float64), minlength=a.shape[1])
+    return np.asarray(sums, dtype=np.float64)
+
+
+def _sparse_power(block: Any, q: NDArray[np.floating], shift: FloatArray | None) -> BlockSums:
+    """:func:`power_block` on a sparse block, the shift applied algebraically.
+
+    With ``A' = A − 1μᵀ``: ``A'Q = AQ − 1(μᵀQ)`` and ``A'ᵀ(A'Q) = Aᵀ(A'Q) − μ(1ᵀA'Q)``.
+    Always float64: sparse products are bound by reading the stored values, so float32
+    saves no time, and it would cost extra ``n_cols × width`` copies (Q and the result
+    in both precisions). Memory: the block's stored values plus ``(n_rows_i + n_cols) ×
+    width`` float64.
+    """
+    a = _sparse_block(block, np.float64)
+    rows = a.shape[0]
+    colsum = _sparse_colsum(a)
+    qd = np.asarray(q, dtype=np.float64)
+    z = np.asarray(a @ qd)
+    if shift is not None:
+        z -= (shift @ qd)[None, :]
+    y = np.asarray(a.T @ z)
+    if shift is None:
+        return BlockSums(y=y, colsum=colsum, rows=rows)
+    y -= np.outer(shift, z.sum(axis=0))
+    return BlockSums(y=y, colsum=colsum - rows * shift, rows=rows)
+
+
+def _sparse_final(
+    block: Any, q: FloatArray, shift: FloatArray | None, ones: bool
+) -> tuple[FloatArray, BlockSums]:
+    """:func:`final_block` on a sparse block, the shift applied algebraically.
+
+    With ``A' = A − 1μᵀ``: ``Z = AQ − 1(μᵀQ)``, ``A'ᵀZ = AᵀZ − μ(1ᵀZ)``,
+    ``colsum(A') = colsum(A) − mμ`` and ``‖A'‖² = ‖A‖² − 2μᵀcolsum(A) + m‖μ‖²``
+    (``m`` the block's rows; the last one cancels when the mean is large against
+    the data, which sparse data with its mostly-zero columns does not have).
+    """
+    a = _sparse_block(block, np.float64)
+    rows = a.shape[0]
+    colsum = _sparse_colsum(a)
+    sqnorm = float(a.data @ a.data)
+    z = np.asarray(a @ q)
+    if shift is not None:
+        z -= (shift @ q)[None, :]
+    y = np.asarray(a.T @ z)
+    if shift is not None:
+        y -= np.outer(shift, z.sum(axis=0))
+        sqnorm = sqnorm - 2.0 * float(shift @ colsum) + rows * float(shift @ shift)
+        colsum = colsum - rows * shift
+    if ones:
+        z = np.hstack([z, np.ones((rows, 1))])
+    # R of z by TSQR over row slices: O(slice × width) extra memory instead of a copy of z.
+    step = _R_SLICE_ROWS
+    r = merge_r([block_r(z[i : i + step]) for i in range(0, rows, step)]) if rows else block_r(z)
+    sums = BlockSums(y=y, colsum=colsum, rows=rows, sqnorm=max(sqnorm, 0.0), r=r)
+    return z, sums
 
 
 def power_block(
@@ -145,8 +229,12 @@ def power_block(
 
     Computes ``A_iᵀ(A_i Q)`` with ``A_i`` the block minus ``shift`` (in ``dtype``;
     returned as float64) and the column sums of the shifted block (float64).
-    Memory: the block in ``dtype`` plus ``(n_rows_i + n_cols) × width``.
+    Memory: the block in ``dtype`` plus ``(n_rows_i + n_cols) × width``. A
+    scipy.sparse block is never densified (products with its stored values only)
+    and is always computed in float64 (see ``_sparse_power``).
     """
+    if is_sparse_block(block):
+        return _sparse_power(block, q, shift)
     raw = dense_block(block, dtype)
     rows = raw.shape[0]
     colsum = raw.sum(axis=0, dtype=np.float64)
@@ -171,7 +259,10 @@ def final_block(
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
     column sums, ``‖A_i‖_F²`` and the R factor of ``z``; ``A_i`` is the block minus
     ``shift``. Memory: the block in float64 plus ``(n_rows_i + n_cols) × width``.
+    A scipy.sparse block is never densified (products with its stored values only).
     """
+    if is_sparse_block(block):
+        return _sparse_final(block, q, shift, ones)
     a = dense_block(block, np.float64)
     if shift is not None:
         a = a - shift
@@ -315,6 +406,16 @@ def sketch_svd(r: FloatArray, y: FloatArray, *, rcond: float = DEFAULT_RCOND) ->
     if not keep.any():
         return SketchSVD(t=np.zeros((width, 0)), s=np.zeros(0), vt=np.zeros((0, n_cols)))
     w_scaled = wt[keep].T / sig[keep]  # W_r Σ_r⁻¹, (width, r)
+    if y.nbytes > _TALL_SVD_BYTES:
+        # Bᵀ = Y W_r Σ_r⁻¹ (n_cols × r) = Q_b R_b;  R_b = P S Gᵀ  ⇒  B = G S (Q_b P)ᵀ.
+        # Backward stable like gesdd on B, with one n_cols × r array instead of four.
+        b_t = (w_scaled.T @ y.T).T  # Fortran order: QR works in place, no copy
+        q_b, r_b = scipy.linalg.qr(b_t, mode="economic", overwrite_a=True, check_finite=False)
+        del b_t
+        p, s, gt = _svd(r_b)
+        for i in range(0, q_b.shape[0], _R_SLICE_ROWS):  # q_b ← q_b p in place, by slices
+            q_b[i : i + _R_SLICE_ROWS] = q_b[i : i + _R_SLICE_ROWS] @ p
+        return SketchSVD(t=w_scaled @ gt.T, s=s, vt=q_b.T)
     b = w_scaled.T @ y.T
     u_hat, s, vt = _svd(b)
     return SketchSVD(t=w_scaled @ u_hat, s=s, vt=vt)

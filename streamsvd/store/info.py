@@ -18,16 +18,33 @@ def store_info(store: str | Path | Store, *, version: str | None = None) -> dict
     dict
         Stable keys: ``rows``, ``cols``, ``dtype``, ``chunk_rows``, ``batches``,
         ``version``; also ``store``, ``codec``, ``created``, ``kind``, and
-        ``factors`` (None until a fit) with the factors' summary.
+        ``factors`` (None until a fit) with the factors' summary. Sparse stores
+        (``kind == "sparse"``) add ``nnz``, ``density``, ``row_ids`` and ``col_ids``
+        (``int`` or ``str``) and ``chunk_nnz``.
     """
     opened = store if isinstance(store, Store) else Store.open(store)
     group = opened.root(version)
     meta = read_meta(group)
-    array = matrix_array(group)
     log = read_batch_log(group)
+    extra: dict[str, Any] = {}
+    if meta.kind == "sparse":
+        from streamsvd.store import sparse
+
+        rows = sparse.n_rows(group)
+        stored = sparse.nnz(group)
+        kinds = sparse.read_sparse_meta(group)
+        extra = {
+            "nnz": stored,
+            "density": stored / (rows * meta.n_cols) if rows and meta.n_cols else 0.0,
+            "row_ids": kinds.row_ids,
+            "col_ids": kinds.col_ids,
+            "chunk_nnz": kinds.chunk_nnz,
+        }
+    else:
+        rows = int(matrix_array(group).shape[0])
     info: dict[str, Any] = {
         "store": str(opened.location),
-        "rows": int(array.shape[0]),
+        "rows": rows,
         "cols": int(meta.n_cols),
         "dtype": meta.dtype,
         "chunk_rows": int(meta.chunk_rows),
@@ -37,6 +54,7 @@ def store_info(store: str | Path | Store, *, version: str | None = None) -> dict
         "codec": meta.codec,
         "created": meta.created,
         "factors": None,
+        **extra,
     }
     if layout.FACTORS in group:
         from streamsvd.store.factors import factors_summary

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from streamsvd.store.sources import (
 from streamsvd.store.sources._memory import ArraySource, array_hash
 
 NAN_POLICIES = ("reject", "zero", "drop")
-DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
+DEFAULT_MEMORY_BUDGET = 64 * 1024 * 1024  # measured: benchmarks/ingest.py, README
 
 ProgressCallback = Callable[[str, int, int | None], None]
 #: Called with each validated block as written: (rows in the store dtype, first
@@ -57,7 +57,10 @@ class IngestOptions:
     Parameters
     ----------
     format : str
-        ``auto`` (from the suffix) or one of npy, csv, parquet, hdf5, zarr.
+        ``auto`` (from the suffix) or one of npy, csv, parquet, hdf5, zarr; or
+        ``triplets``: ``row_id, col_id, value`` CSV/Parquet files into a sparse store
+        (see :mod:`streamsvd.store.triplets`). Sources of an existing sparse store are
+        always read as triplets.
     dataset : str, optional
         Dataset path inside HDF5 files (or array path inside a Zarr group).
     chunk_rows : int, optional
@@ -192,14 +195,13 @@ class SourceItem:
     def batch_id(self, dataset: str | None) -> str:
         if self.array is not None:
             return array_hash(self.array)
-        assert self.path is not None  # one of the two is set by resolve_sources
-        return content_hash(self.path, dataset=dataset)
+        return content_hash(Path(self.path or self.name), dataset=dataset)
 
     def open(self, options: IngestOptions) -> Source:
         if self.array is not None:
             return ArraySource(self.array, name=self.name)
-        assert self.path is not None
-        return open_source(self.path, format=options.format, dataset=options.dataset)
+        path = Path(self.path or self.name)
+        return open_source(path, format=options.format, dataset=options.dataset)
 
 
 def resolve_sources(sources: Sequence[SourceLike]) -> list[SourceItem]:
@@ -237,8 +239,19 @@ def ingest_into(
     created: bool,
     on_block: BlockCallback | None = None,
 ) -> _Partial:
-    """Ingest ``items`` into an open transaction (no commit); see :func:`ingest`."""
+    """Ingest ``items`` into an open transaction (no commit); see :func:`ingest`.
+
+    Triplet files (``options.format == "triplets"``, or any source of an existing
+    sparse store) go to :func:`streamsvd.store.triplets.ingest_triplets_into`.
+    """
     group = tx.group
+    if options.format == "triplets" or (not created and read_meta(group).kind == "sparse"):
+        from streamsvd.store.triplets import ingest_triplets_into
+
+        return cast(
+            _Partial,
+            ingest_triplets_into(tx, items, options, progress, created=created, on_block=on_block),
+        )
     known = {} if created else {b.id: b for b in read_batch_log(group)}
     log = [] if created else read_batch_log(group)
     meta = None if created else read_meta(group)
