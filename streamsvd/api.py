@@ -332,6 +332,14 @@ def verify(
             a = sparse.as_dask(group, rows=rows, n_cols=stored.vt.shape[1])
         else:
             a = matrix_as_dask(group)[:rows]
+        segments = row_weights(stored.attrs)
+        if segments:
+            if stored.mean is not None:
+                raise ConfigError(
+                    "verify cannot measure centred (PCA) factors updated with --forget "
+                    "(a weighted mean); refit, or verify before forgetting"
+                )
+            a = _weighted(a, segments)
         u_raw = da.from_zarr(stored.u_raw, chunks=(a.chunks[0], stored.u_raw.shape[1]))
         measured = verify_array(a, u_raw, stored.t, stored.s, stored.vt, stored.mean)
     recorded = float(stored.attrs["relative_error"])
@@ -358,6 +366,47 @@ def verify(
             "The factors do not describe the data: refit with `streamsvd fit`."
         )
     return report
+
+
+def row_weights(attrs: dict[str, Any]) -> list[tuple[int, int, float]]:
+    """Segments ``(start, stop, weight)`` of the row weights γ^age left by ``--forget``.
+
+    Empty when every weight is 1. Each batch appended with ``forget=γ`` scaled
+    every earlier row by γ; a full fit resets all weights to 1.
+    """
+    starts: list[tuple[int, float]] = []
+    for entry in attrs.get("history", []):
+        if entry.get("op") == "fit":
+            starts = []
+        for start, gamma in entry.get("forget_batches", []):
+            starts.append((int(start), float(gamma)))
+    if not starts:
+        return []
+    rows = int(attrs["rows_covered"])
+    bounds = [0] + [start for start, _ in starts] + [rows]
+    segments = []
+    for i in range(len(bounds) - 1):
+        weight = float(np.prod([gamma for _, gamma in starts[i:]]))
+        if bounds[i + 1] > bounds[i]:
+            segments.append((bounds[i], bounds[i + 1], weight))
+    return segments
+
+
+def _weighted(a: da.Array, segments: list[tuple[int, int, float]]) -> da.Array:
+    """``diag(ω) A`` for piecewise-constant row weights, block by block (lazy)."""
+
+    def scale(block: Any, block_info: Any = None) -> Any:
+        lo, hi = block_info[0]["array-location"][0]
+        weights = np.ones(hi - lo)
+        for start, stop, weight in segments:
+            left, right = max(start, lo), min(stop, hi)
+            if left < right:
+                weights[left - lo : right - lo] = weight
+        if hasattr(block, "multiply"):  # scipy.sparse: stays sparse
+            return block.multiply(weights[:, None]).tocsr()
+        return block * weights[:, None]
+
+    return da.map_blocks(scale, a, dtype=np.float64, meta=a._meta)
 
 
 def export(

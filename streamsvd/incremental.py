@@ -191,7 +191,13 @@ def update(
             n_rows = sparse.n_rows(group) if is_sparse else int(matrix_array(group).shape[0])
             block_rows = max(meta.chunk_rows, 1)
 
-            def fold_in(rows: np.ndarray, start: int, first_of_batch: bool) -> None:
+            # Where each batch starts and the γ applied before it: the row weights
+            # (γ^age) that `verify` needs to measure the weighted matrix.
+            forget_batches: list[list[float]] = []
+
+            def fold_in(rows: Any, start: int, first_of_batch: bool) -> None:
+                if first_of_batch and forget != 1.0:
+                    forget_batches.append([start, forget])
                 _append(state, rows, forget if first_of_batch else 1.0, sketch_above)
 
             # Rows ingested since the factors were last written: fold them in first.
@@ -227,6 +233,7 @@ def update(
                 "rank": int(state.s.size),
                 "relative_error": state.relative_error,
                 "forget": forget,
+                "forget_batches": forget_batches,
                 "compacted": compacted,
                 "sketched_blocks": state.sketched,
             }

@@ -166,6 +166,7 @@ def test_forgetting_weights_the_energy(tmp_path: Path, rng: np.random.Generator)
     data = fast_decay(rng, 300, 10)
     store = fitted_store(tmp_path, data[:100], 10)
     gamma = 0.8
+    assert streamsvd.api.row_weights(streamsvd.open_factors(store).attrs) == []
     streamsvd.update(store, [data[100:200]], forget=gamma)
     streamsvd.update(store, [data[200:]], forget=gamma)
     weighted = np.vstack([gamma**2 * data[:100], gamma * data[100:200], data[200:]])
@@ -174,6 +175,9 @@ def test_forgetting_weights_the_energy(tmp_path: Path, rng: np.random.Generator)
     np.testing.assert_allclose(
         factors.s, np.linalg.svd(weighted, compute_uv=False), rtol=1e-9, atol=1e-12
     )
+    # verify measures the weighted matrix, from the weights recorded per batch.
+    report = streamsvd.verify(store, scheduler="sync")
+    assert report.measured_error == pytest.approx(report.recorded_error, rel=1e-6, abs=1e-7)
     with pytest.raises(ConfigError, match=r"--forget must be in \(0, 1\]; got 1.5"):
         streamsvd.update(store, [data[:5]], forget=1.5)
 
@@ -264,3 +268,21 @@ def test_cli_update(tmp_path: Path, rng: np.random.Generator) -> None:
     assert "updated with 100 rows" in result.stdout
     result = CliRunner().invoke(app, ["update", str(store), str(src)])
     assert "nothing new" in result.stdout
+
+
+def test_verify_measures_the_forget_weighted_matrix(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    data = fast_decay(rng, 600, 12, noise=0.05)
+    store = fitted_store(tmp_path, data[:200], 3)
+    for part in np.array_split(data[200:], 4):
+        streamsvd.update(store, [part], forget=0.5)
+    report = streamsvd.verify(store, scheduler="sync")
+    assert report.measured_error == pytest.approx(report.recorded_error, rel=1e-6)
+    # Negative control: the unweighted residual of the same factors is another number.
+    factors = streamsvd.open_factors(store)
+    u = factors.u.compute()
+    unweighted = np.linalg.norm(data - (u * factors.s) @ factors.vt) / np.linalg.norm(data)
+    assert abs(unweighted - report.recorded_error) > 1e-3 * report.recorded_error
+    segments = streamsvd.api.row_weights(factors.attrs)
+    assert [w for _, _, w in segments] == [0.5**4, 0.5**3, 0.5**2, 0.5, 1.0]
