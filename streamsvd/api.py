@@ -37,7 +37,7 @@ from streamsvd.store.repository import Store
 
 #: Bytes of stored data per Dask block: large enough that task overhead is
 #: negligible, small enough that a worker holds a few blocks in float64.
-BLOCK_BYTES = 64 * 1024 * 1024
+BLOCK_BYTES = 32 * 1024 * 1024
 
 
 def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int) -> int:
