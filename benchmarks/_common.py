@@ -113,7 +113,12 @@ def _tree_memory(root: psutil.Process) -> tuple[int, int, int]:
 
 
 def run_child(
-    name: str, argv: Sequence[str], *, echo: bool = True, env: dict[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    *,
+    echo: bool = True,
+    env: dict[str, str] | None = None,
+    before: Callable[[], object] | None = None,
 ) -> Measured:
     """Run ``python argv...`` as a child; poll its tree's memory until ``@@MEASURED``.
 
@@ -121,6 +126,8 @@ def run_child(
     (prefixed with the name) when `echo` is true, and kept in ``Measured.log``.
     """
     cmd = [sys.executable, *argv]
+    if before is not None:
+        before()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -194,6 +196,16 @@ def row(name: str, m: Measured, nbytes: int, plain_rate: float | None) -> list[o
     ]
 
 
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only); True when it was dropped."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +226,12 @@ def main() -> None:
         return
     if args.child == "ingest":
         child_ingest(npy, store)
+        return
+    if args.child == "copy":
+        seconds = timed(lambda: shutil.copyfile(npy, npy.with_suffix(".copy")))[1]
+        mark_measured()
+        npy.with_suffix(".copy").unlink()
+        report({"seconds": seconds})
         return
     if args.child == "profile":
         child_profile(npy, store)
@@ -262,6 +280,38 @@ def main() -> None:
             "Peak RSS counts the file pages a process maps; peak anon leaves them out."
         )
         ratio = ingest_rate / plain_rate
+        if drop_page_cache():
+            # The same two measurements with the file not in the page cache (a file
+            # that just arrived from elsewhere), and a plain copy of it on this disk.
+            cold_plain = run_child(
+                "plain read (cold)", child_argv(script, "plain", passed), before=drop_page_cache
+            )
+            remove(store)
+            cold_ingest = run_child(
+                "ingest (cold)", child_argv(script, "ingest", passed), before=drop_page_cache
+            )
+            copied = run_child(
+                "copy (cold)", child_argv(script, "copy", passed), before=drop_page_cache
+            )
+            cold_rate = nbytes / float(cold_plain.result["seconds"]) / MB
+            print()
+            print(
+                markdown_table(
+                    headers,
+                    [
+                        row("plain read, cold page cache", cold_plain, nbytes, cold_rate),
+                        row("streamsvd ingest, cold page cache", cold_ingest, nbytes, cold_rate),
+                        row("cp of the file on this disk, cold", copied, nbytes, cold_rate),
+                    ],
+                )
+            )
+            ingest_s = float(cold_ingest.result["seconds"])
+            print(
+                f"cold: ingest / plain read = {float(cold_plain.result['seconds']) / ingest_s:.2f}"
+                f"; ingest / cp = {float(copied.result['seconds']) / ingest_s:.2f}"
+            )
+        else:
+            print("\n(the page cache cannot be dropped here: cold runs skipped; needs root)")
         print(
             f"targets: ingest peak RSS {ingested.rss:,.0f} MiB (target < {TARGET_RSS_MB} MB), "
             f"anon {ingested.peak_anon_mib:,.0f} MiB; throughput ratio {ratio:.2f} "
