@@ -34,6 +34,7 @@ def run_demo(config: str) -> None:
     optimum = optimal_error(spectrum, factors["rank"])
     table = Table(title="streamsvd demo: the pipeline flow, end to end", show_header=False)
     table.add_row("store", str(Path(settings.store.path).resolve()))
+    table.add_row("report", str(Path(result["report"]).resolve()))
     table.add_row("rows × cols", f"{info['rows']} × {info['cols']} ({info['dtype']})")
     table.add_row("batches", f"{info['batches']} ({len(result['updates'])} by update)")
     table.add_row("true rank / chosen rank", f"{data.true_rank} / {factors['rank']}")

@@ -131,6 +131,7 @@ def pipeline_flow(config: str | None = None, force_refit: bool = False) -> dict[
         "verify": verified,
         "refit_reason": refit_reason,
         "timings": timings,
+        "report": report["report"],
     }
 
 
