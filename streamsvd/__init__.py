@@ -17,6 +17,7 @@ from streamsvd.projection import (
     OutputReport,
     project,
     project_file,
+    project_triplets,
     reconstruct,
     reconstruct_file,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "open_factors",
     "project",
     "project_file",
+    "project_triplets",
     "recommend",
     "reconstruct",
     "reconstruct_file",

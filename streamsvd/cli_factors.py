@@ -29,7 +29,13 @@ OverwriteOpt = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
 @app.command()
 def project(
     store: StoreArg,
-    source: Annotated[str, typer.Argument(help="Rows to project: any source ingest reads.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Rows to project: any source ingest reads; for a sparse store also "
+            "triplets (row_id, col_id, value)."
+        ),
+    ],
     out: OutArg,
     rank: RankOpt = None,
     scores: Annotated[
@@ -39,7 +45,12 @@ def project(
         ),
     ] = False,
     format: Annotated[
-        str, typer.Option("--format", help="auto|npy|csv|parquet|hdf5|zarr")
+        str,
+        typer.Option(
+            "--format",
+            help="auto|npy|csv|parquet|hdf5|zarr|triplets (auto picks triplets on a sparse "
+            "store for a CSV/Parquet file with columns row_id, col_id, value).",
+        ),
     ] = "auto",
     dataset: Annotated[
         str | None, typer.Option(help="Dataset path inside HDF5 files (or a Zarr group).")
@@ -54,6 +65,9 @@ def project(
     Coordinates are (x − μ)·V·S⁻¹: for a stored row, its row of U. μ is the
     column mean in PCA mode (fit --center), else 0; components with a zero
     singular value map to 0.
+
+    On a sparse store, triplets fold in one row per row_id (order of first
+    appearance, zero off its items); OUT must be .parquet, with a row_id column.
     """
     from streamsvd.projection import project_file
 
@@ -89,13 +103,30 @@ def reconstruct(
     rank: RankOpt = None,
     overwrite: OverwriteOpt = False,
     version: VersionOpt = None,
+    memory_mb: Annotated[
+        int,
+        typer.Option(
+            help="Sparse stores: largest dense output, MiB ((B−A)·cols·8 bytes); "
+            "rows of a sparse store reconstruct dense."
+        ),
+    ] = 256,
 ) -> None:
-    """Rebuild stored rows A:B as U·S·Vᵀ (+ μ), reading only those rows of U_raw."""
+    """Rebuild stored rows A:B as U·S·Vᵀ (+ μ), reading only those rows of U_raw.
+
+    The rows are dense (rows × cols), also for a sparse store; there the output
+    must fit in --memory-mb.
+    """
     from streamsvd.projection import parse_rows, reconstruct_file
 
     with _errors_to_exit():
         report = reconstruct_file(
-            store, out, rows=parse_rows(rows), rank=rank, overwrite=overwrite, version=version
+            store,
+            out,
+            rows=parse_rows(rows),
+            rank=rank,
+            overwrite=overwrite,
+            version=version,
+            memory_budget=memory_mb * 1024 * 1024,
         )
     console.print(
         f"reconstructed {report.rows} rows × {report.cols} columns → {report.path} "
@@ -125,11 +156,23 @@ def compress_report(
         return
     first = table[0]
     stored = first["data_stored_bytes"]
+    layout = (
+        f"as CSR, {first['data_nnz']} stored entries; {first['data_dtype']} values"
+        if first["data_format"] == "csr"
+        else first["data_dtype"]
+    )
     caption = (
-        f"data: {format_bytes(first['data_bytes'])} uncompressed ({first['data_dtype']})"
+        f"data: {format_bytes(first['data_bytes'])} uncompressed ({layout})"
         + (f", {format_bytes(stored)} stored" if stored is not None else "")
         + f"; factors counted as {factor_dtype}"
     )
+    larger = [row["rank"] for row in table if row["ratio"] < 1]
+    if larger:
+        caption += f"\nratio < 1 from rank {larger[0]}: the factors are LARGER than the data" + (
+            " (usual for sparse data: the factors are dense, rows·r + r·cols values)"
+            if first["data_format"] == "csr"
+            else ""
+        )
     out = Table(
         "rank",
         "factor bytes",

@@ -5,8 +5,16 @@ For every rank ``r`` from 1 to the fitted rank, keeping ``U[:, :r]``, ``S[:r]``,
 
     ``rows·r + r + r·cols (+ cols)`` values of ``factor_dtype``
 
-against ``rows·cols`` values of the store's dtype for the data the factors
-describe (``rows`` = the rows they cover). The relative Frobenius error of that
+against the bytes of the data the factors describe (``rows`` = the rows they
+cover): ``rows·cols`` values of the store's dtype for a dense store; for a sparse
+store its CSR arrays as stored, uncompressed,
+
+    ``(rows + 1)·8`` (``indptr``, int64) ``+ nnz·4`` (``indices``, int32)
+    ``+ nnz·itemsize`` (``data``),
+
+``nnz`` the stored entries of those rows. The factors are dense, so for sparse
+ratings they are usually *larger* than the data: the ratio is then below 1, and
+the table says so rather than hide it. The relative Frobenius error of that
 truncation is exact, from the recorded energy ``‖A‖_F²`` (of the centred
 matrix in PCA mode) and no pass over the data:
 
@@ -27,6 +35,7 @@ import numpy as np
 
 from streamsvd.api import Factors, open_factors
 from streamsvd.errors import ConfigError
+from streamsvd.store import sparse
 from streamsvd.store.matrix import matrix_array, read_meta
 from streamsvd.store.repository import Store
 
@@ -72,12 +81,16 @@ def compression_table(
     list of dict
         One per rank, increasing, with keys ``rank``, ``u_bytes``, ``s_bytes``,
         ``vt_bytes``, ``mean_bytes``, ``factor_bytes`` (their sum),
-        ``factor_dtype``, ``data_bytes`` (uncompressed, rows covered × cols ×
-        itemsize), ``data_dtype``, ``data_stored_bytes`` (the matrix's
-        compressed size in the store, or None when the matrix holds rows the
-        factors do not cover), ``ratio`` (data_bytes / factor_bytes),
-        ``stored_ratio`` (data_stored_bytes / factor_bytes, or None),
-        ``relative_error`` and ``captured_energy``.
+        ``factor_dtype``, ``data_bytes`` (uncompressed: rows covered × cols ×
+        itemsize for a dense store, the CSR bytes of the rows covered for a
+        sparse one), ``data_dtype``, ``data_format`` (``"dense"`` or ``"csr"``),
+        ``data_nnz`` (stored entries of the rows covered; None for a dense
+        store), ``data_stored_bytes`` (the matrix's compressed size in the
+        store, or None when the matrix holds rows the factors do not cover),
+        ``ratio`` (data_bytes / factor_bytes: below 1 when the factors are
+        larger than the data, as usual for sparse ratings), ``stored_ratio``
+        (data_stored_bytes / factor_bytes, or None), ``relative_error`` and
+        ``captured_energy``.
 
     Examples
     --------
@@ -99,15 +112,24 @@ def compression_table(
     factors = store if isinstance(store, Factors) else open_factors(store, version=version)
     group = Store.open(factors.store).root(factors.version)
     meta = read_meta(group)
-    matrix = matrix_array(group)
     rows = factors.stored.rows_covered
     cols = int(factors.vt.shape[1])
     data_itemsize = np.dtype(meta.dtype).itemsize
-    data_bytes = rows * cols * data_itemsize
+    nnz: int | None = None
+    if meta.kind == sparse.KIND:
+        data_format = "csr"
+        data_bytes, nnz = _csr_bytes(group, rows, data_itemsize)
+        arrays: list[Any] = [group[sparse.INDPTR], group[sparse.INDICES], group[sparse.DATA]]
+        whole = sparse.n_rows(group) == rows
+    else:
+        data_format = "dense"
+        data_bytes = rows * cols * data_itemsize
+        arrays = [matrix_array(group)]
+        whole = int(arrays[0].shape[0]) == rows
     stored: int | None = None
-    if int(matrix.shape[0]) == rows:
+    if whole:
         try:
-            stored = int(matrix.nbytes_stored())
+            stored = sum(int(a.nbytes_stored()) for a in arrays)
         except Exception:  # optional: a storage that cannot list sizes
             stored = None
     item = np.dtype(factor_dtype).itemsize
@@ -128,6 +150,8 @@ def compression_table(
                 "factor_dtype": factor_dtype,
                 "data_bytes": data_bytes,
                 "data_dtype": meta.dtype,
+                "data_format": data_format,
+                "data_nnz": nnz,
                 "data_stored_bytes": stored,
                 "ratio": data_bytes / total,
                 "stored_ratio": None if stored is None else stored / total,
@@ -136,6 +160,12 @@ def compression_table(
             }
         )
     return table
+
+
+def _csr_bytes(group: Any, rows: int, itemsize: int) -> tuple[int, int]:
+    """CSR bytes (indptr int64, indices int32, data) and nnz of a sparse store's first ``rows``."""
+    nnz = int(np.asarray(group[sparse.INDPTR][rows : rows + 1])[0])
+    return (rows + 1) * 8 + nnz * (4 + itemsize), nnz
 
 
 def format_bytes(n: float) -> str:

@@ -16,6 +16,19 @@ cut-off is ``s ≤ max(rows, cols)·eps·s₁``, as in ``numpy.linalg.matrix_ran
 Reconstruction rebuilds stored rows ``U[a:b] S Vᵀ (+ μ)`` from ``U_raw[a:b] T``,
 reading only those rows of ``U_raw``.
 
+**Sparse stores** (ingested with ``--format triplets``). Dense rows ``x`` with the
+factors' columns project as above. A *triplet* file (``row_id, col_id, value``, as
+``ingest --format triplets`` reads) is folded in with :func:`project_triplets` (or
+``project_file(..., format="triplets")``, also chosen by ``format="auto"`` when the
+file has the three columns ``row_id``, ``col_id`` and ``value``): one row per
+distinct ``row_id`` in order of first appearance, zero off its given columns,
+duplicate ``(row_id, col_id)`` pairs summed (as ingest does), col ids mapped by the
+store's id map (an unknown one is an error naming it). Its Parquet output has the
+ids in a leading ``row_id`` column; ``.npy`` and ``.zarr`` cannot hold them and are
+refused. Reconstructed rows of a sparse store are dense (``rows × cols`` float64,
+unlike its CSR), so :func:`reconstruct` and :func:`reconstruct_file` refuse a range
+whose dense size exceeds ``memory_budget`` (default 256 MiB).
+
 Outputs of :func:`project_file` and :func:`reconstruct_file` are float64
 arrays written block by block to a temporary name next to the target and
 renamed at the end, so a failure leaves no partial file: ``.npy``
@@ -40,9 +53,15 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import scipy.sparse
+import zarr
 
 from streamsvd.api import Factors, open_factors
+from streamsvd.compression import format_bytes
 from streamsvd.errors import ConfigError, InvalidInputError, ShapeMismatchError, StoreExistsError
+from streamsvd.store import sparse, triplets
+from streamsvd.store.matrix import read_meta
+from streamsvd.store.repository import Store
 from streamsvd.store.sources import Source, open_source, rows_for_budget
 
 #: Output suffix (lower case) → format.
@@ -54,6 +73,10 @@ OUTPUT_SUFFIXES: dict[str, str] = {
 }
 #: Memory of one input block of :func:`project_file`, in bytes (as float64).
 DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
+#: Largest dense reconstruction of a sparse store's rows, in bytes (float64).
+DEFAULT_RECONSTRUCT_BUDGET = 256 * 1024 * 1024
+#: ``format`` of :func:`project_file` for triplet files (as ``ingest --format triplets``).
+TRIPLETS = "triplets"
 
 ProgressCallback = Callable[[str, int, int | None], None]
 FactorsLike = str | Path | Factors
@@ -258,9 +281,13 @@ def project_file(
     rank, scores, version
         As in :func:`project`.
     format, dataset
-        As in :func:`streamsvd.store.sources.open_source`.
+        As in :func:`streamsvd.store.sources.open_source`, plus ``"triplets"``
+        (a sparse store only; see :func:`project_triplets`). ``"auto"`` on a
+        sparse store picks ``"triplets"`` for a CSV or Parquet file with the
+        columns ``row_id``, ``col_id`` and ``value``.
     memory_budget : int
-        Bytes of one input block.
+        Bytes of one input block (of one output block for triplets, whose file
+        is read whole, about 40 bytes per triplet, as ingest does).
     overwrite : bool
         Replace ``out`` if it exists (else :class:`~streamsvd.errors.StoreExistsError`).
     progress : callable, optional
@@ -275,12 +302,37 @@ def project_file(
     w = projection_matrix(factors, rank=rank, scores=scores)
     mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
     n_cols, k = w.shape
+    sparse_store = format in ("auto", TRIPLETS) and _is_sparse(factors)
+    if format == TRIPLETS or (sparse_store and _looks_like_triplets(Path(source))):
+        return _project_triplets_file(
+            factors,
+            Path(source),
+            out,
+            rank=rank,
+            scores=scores,
+            memory_budget=memory_budget,
+            overwrite=overwrite,
+            progress=progress,
+            started=started,
+        )
+    hint = (
+        "; to fold in triplets (row_id, col_id, value) of this sparse store, pass "
+        "--format triplets (format='triplets')"
+        if sparse_store
+        else ""
+    )
     target, fmt = _output_target(out, overwrite)
-    with open_source(source, format=format, dataset=dataset) as src:
+    try:
+        opened = open_source(source, format=format, dataset=dataset)
+    except InvalidInputError as exc:
+        if not hint:
+            raise
+        raise type(exc)(f"{exc}{hint}") from None
+    with opened as src:
         if src.n_cols != n_cols:
             raise ShapeMismatchError(
                 f"{src.path}: has {src.n_cols} columns but the factors of {factors.store} "
-                f"have {n_cols}; project rows with the store's columns"
+                f"have {n_cols}; project rows with the store's columns{hint}"
             )
         block_rows = rows_for_budget(n_cols, 8, memory_budget)
         attrs = {
@@ -305,6 +357,205 @@ def project_file(
                     progress(src.path.name, done, src.n_rows)
             blocks = writer.blocks
     return OutputReport(target, fmt, done, k, blocks, time.perf_counter() - started)
+
+
+# -- triplets (sparse stores) -------------------------------------------------
+
+
+def _store_group(factors: Factors) -> zarr.Group:
+    return Store.open(factors.store).root(factors.version)
+
+
+def _is_sparse(factors: Factors) -> bool:
+    return read_meta(_store_group(factors)).kind == sparse.KIND
+
+
+def _looks_like_triplets(path: Path) -> bool:
+    """A CSV or Parquet file whose columns include ``row_id``, ``col_id`` and ``value``."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq") or not path.is_file():
+        return False
+    try:
+        if suffix == ".csv":
+            import csv
+
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                names = [h.strip() for h in next(csv.reader(handle), [])]
+        else:
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+    except Exception:  # unreadable: let the dense reader report it
+        return False
+    return all(c in names for c in triplets.COLUMNS)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _show_id(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, str | np.str_) else str(int(value))
+
+
+def _triplet_rows(factors: Factors, path: Path) -> tuple[np.ndarray, Any]:
+    """The rows of a triplet file as (row ids, CSR over the factors' columns)."""
+    group = _store_group(factors)
+    if read_meta(group).kind != sparse.KIND:
+        raise ConfigError(
+            f"{path}: triplets (row_id, col_id, value) can only be projected onto a sparse "
+            f"store, whose id map turns col_ids into columns; {factors.store} holds a dense "
+            "matrix. Project rows with its columns (npy, csv, parquet, hdf5, zarr) instead."
+        )
+    n_cols = int(factors.vt.shape[1])
+    trip = triplets.read_triplets(path)
+
+    def where(i: int) -> str:
+        return f"line {i + trip.line_offset}" if trip.format == "csv" else f"row {i}"
+
+    values = trip.values
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidInputError(
+            f"{path}: {where(i)} holds the value {values[i]}; NaN, Inf and empty values "
+            "cannot be projected. Clean the file (drop or fill those triplets)."
+        )
+    kinds = sparse.read_sparse_meta(group)
+    try:
+        cols = triplets.conform_ids(
+            trip.col_ids, trip.col_kind, kinds.col_ids, where=str(path), what="col_id"
+        )
+    except InvalidInputError:  # a non-integer id: name it and its line, as an unknown column
+        i = next(j for j, c in enumerate(trip.col_ids.tolist()) if not _is_int(str(c)))
+        raise InvalidInputError(
+            f"{path}: {where(i)} has col_id {str(trip.col_ids[i])!r}, unknown to "
+            f"{factors.store} (its col_ids are integers); only the store's columns can be "
+            "projected: drop its triplets"
+        ) from None
+    all_cols = sparse.read_ids(group, "cols")
+    index = triplets.IdIndex(all_cols).lookup(cols)
+    unknown = np.flatnonzero((index < 0) | (index >= n_cols))
+    if unknown.size:
+        i = int(unknown[0])
+        later = int(index[i]) >= n_cols
+        raise InvalidInputError(
+            f"{path}: {where(i)} has col_id {_show_id(cols[i])}, "
+            + (
+                f"a column ingested after the factors were written (they cover {n_cols} "
+                "columns); run `streamsvd update` first, or drop its triplets"
+                if later
+                else f"unknown to {factors.store} (not among the {n_cols} columns the factors "
+                "cover); only the store's columns can be projected: drop its triplets"
+            )
+        )
+    uniq, first, inverse = np.unique(trip.row_ids, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(order.shape[0])
+    x = scipy.sparse.coo_matrix(
+        (values, (position[inverse.ravel()], index)), shape=(order.shape[0], n_cols)
+    ).tocsr()
+    x.sum_duplicates()
+    return uniq[order], x
+
+
+def _fold_in(x: Any, w: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """``(x − μ) W`` for CSR rows ``x`` (zero off their entries), never densifying ``x``."""
+    out = np.asarray(x @ w, dtype=np.float64)
+    if mean is not None:
+        out -= mean @ w
+    return out
+
+
+def project_triplets(
+    store: FactorsLike,
+    source: str | Path,
+    *,
+    rank: int | None = None,
+    scores: bool = False,
+    version: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the rows of a triplet file into the factor space of a sparse store.
+
+    Each distinct ``row_id`` of ``source`` (CSV or Parquet, the columns of
+    ``ingest --format triplets``) is a row ``x`` over the factors' columns, zero
+    off its given col ids; duplicate ``(row_id, col_id)`` pairs are summed. Its
+    projection is ``(x − μ) V S⁻¹`` (or ``(x − μ) V`` with ``scores=True``) as in
+    :func:`project`. A row id need not be new: a stored row folds in to its row
+    of ``U`` (exactly, for an exact fit). Memory: the file's triplets (about 40
+    bytes each) plus ``rows × k`` floats of output.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        The row ids (int64 or strings) in order of first appearance, and their
+        projections, shape ``(rows, k)``, float64.
+
+    Raises
+    ------
+    ConfigError
+        The store is dense (it has no col id map).
+    InvalidInputError
+        A col id the factors do not cover (named, with its line), a NaN/Inf value.
+    """
+    factors = _as_factors(store, version)
+    w = projection_matrix(factors, rank=rank, scores=scores)
+    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
+    ids, x = _triplet_rows(factors, Path(source).expanduser())
+    return ids, _fold_in(x, w, mean)
+
+
+def _project_triplets_file(
+    factors: Factors,
+    source: Path,
+    out: str | Path,
+    *,
+    rank: int | None,
+    scores: bool,
+    memory_budget: int,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    started: float,
+) -> OutputReport:
+    target, fmt = _output_target(out, overwrite)
+    if fmt != "parquet":
+        raise ConfigError(
+            f"{target}: projecting triplets writes one row per row_id (in order of first "
+            "appearance) with the ids in a row_id column, and only Parquet can hold them "
+            f"beside the numbers; write --out {target.with_suffix('.parquet')} instead"
+        )
+    w = projection_matrix(factors, rank=rank, scores=scores)
+    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
+    k = w.shape[1]
+    source = source.expanduser()
+    ids, x = _triplet_rows(factors, source)
+    n_rows = int(x.shape[0])
+    block_rows = rows_for_budget(k, 8, memory_budget)
+    attrs = {
+        "streamsvd": {
+            "kind": "scores" if scores else "coordinates",
+            "rank": k,
+            "source": str(source),
+            "input": TRIPLETS,
+            "store": factors.store,
+            "version": factors.version,
+        }
+    }
+    id_kind = "int" if ids.dtype.kind == "i" else "str"
+    with _atomic_output(target, fmt, n_rows, k, block_rows, attrs, id_kind=id_kind) as writer:
+        assert isinstance(writer, _ParquetOutput)
+        for a in range(0, n_rows, block_rows):
+            b = min(a + block_rows, n_rows)
+            writer.write_with_ids(_fold_in(x[a:b], w, mean), ids[a:b])
+            if progress is not None:
+                progress(source.name, b, n_rows)
+        blocks = writer.blocks
+    return OutputReport(target, fmt, n_rows, k, blocks, time.perf_counter() - started)
 
 
 # -- reconstruction -----------------------------------------------------------
@@ -345,6 +596,30 @@ def parse_rows(text: str) -> slice:
     raise ConfigError(f"--rows must be A:B, A:, :B or A (row indices from 0); got {text!r}")
 
 
+def _check_dense_budget(factors: Factors, start: int, stop: int, budget: int) -> None:
+    """Refuse to densify rows ``start:stop`` of a sparse store beyond ``budget`` bytes."""
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
+        raise ConfigError(f"memory_budget must be a positive number of bytes; got {budget!r}")
+    if not _is_sparse(factors):
+        return
+    n_cols = int(factors.vt.shape[1])
+    size = (stop - start) * n_cols * 8
+    if size <= budget:
+        return
+    fits = int(budget) // (8 * n_cols)
+    fewer = (
+        f"reconstruct fewer rows (at most {fits} at a time, e.g. --rows {start}:{start + fits})"
+        if fits
+        else "raise the budget: even one row does not fit"
+    )
+    raise ConfigError(
+        f"rows {start}:{stop} of the sparse store {factors.store} reconstruct to a dense "
+        f"{stop - start} × {n_cols} float64 array of {format_bytes(size)} ({size} bytes), "
+        f"over the memory budget of {format_bytes(budget)}; {fewer}, raise --memory-mb "
+        "(memory_budget=), or list a row's best items with `streamsvd recommend --row ID`"
+    )
+
+
 def _reconstruct_rows(factors: Factors, start: int, stop: int, k: int) -> np.ndarray:
     u_raw = np.asarray(factors.stored.u_raw[start:stop], dtype=np.float64)
     u = u_raw @ factors.stored.t[:, :k]
@@ -360,6 +635,7 @@ def reconstruct(
     *,
     rank: int | None = None,
     version: str | None = None,
+    memory_budget: int = DEFAULT_RECONSTRUCT_BUDGET,
 ) -> np.ndarray:
     """Rebuild stored rows: ``U[a:b] S Vᵀ`` (+ μ in PCA mode) as a NumPy array.
 
@@ -377,6 +653,9 @@ def reconstruct(
     rank : int, optional
         Use the first ``rank`` components (default: all).
     version : str, optional
+    memory_budget : int
+        Largest result for a sparse store, in bytes (``(b − a)·cols·8``): its
+        rows are stored sparse but reconstruct dense. Not applied to dense stores.
 
     Returns
     -------
@@ -385,11 +664,13 @@ def reconstruct(
     Raises
     ------
     ConfigError
-        Rows outside the covered range, naming both.
+        Rows outside the covered range, naming both; a sparse store's rows whose
+        dense size exceeds ``memory_budget``, naming it.
     """
     factors = _as_factors(store, version)
     k = _check_rank(rank, factors)
     start, stop = _row_range(rows, factors.stored.rows_covered)
+    _check_dense_budget(factors, start, stop, memory_budget)
     return _reconstruct_rows(factors, start, stop, k)
 
 
@@ -402,16 +683,21 @@ def reconstruct_file(
     overwrite: bool = False,
     version: str | None = None,
     block_rows: int | None = None,
+    memory_budget: int = DEFAULT_RECONSTRUCT_BUDGET,
 ) -> OutputReport:
     """Rebuild stored rows ``a:b`` and write them as ``.npy``, ``.parquet`` or ``.zarr``.
 
     Streams in blocks of whole ``U_raw`` chunks (about 64 MiB of output each by
     default): reads only rows ``a:b`` of ``U_raw``, once; memory is one block.
+    For a sparse store the dense output, ``(b − a)·cols·8`` bytes, must fit in
+    ``memory_budget`` (else :class:`~streamsvd.errors.ConfigError` naming the
+    size), as rows × items of a ratings matrix are far larger than its CSR.
     """
     started = time.perf_counter()
     factors = _as_factors(store, version)
     k = _check_rank(rank, factors)
     start, stop = _row_range(rows, factors.stored.rows_covered)
+    _check_dense_budget(factors, start, stop, memory_budget)
     n_cols = int(factors.vt.shape[1])
     if block_rows is None:
         chunk = int(factors.stored.u_raw.chunks[0])
@@ -528,23 +814,53 @@ class _NpyOutput(_Output):
 
 
 class _ParquetOutput(_Output):
-    """``pyarrow.parquet.ParquetWriter``: columns ``c0 … c{k−1}``, one row group per block."""
+    """``pyarrow.parquet.ParquetWriter``: columns ``c0 … c{k−1}``, one row group per block.
 
-    def __init__(self, path: Path, n_rows: int | None, n_cols: int, block_rows: int) -> None:
+    With ``id_kind`` (``"int"`` or ``"str"``) a leading ``row_id`` column holds the
+    ids given to :meth:`write_with_ids`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        n_rows: int | None,
+        n_cols: int,
+        block_rows: int,
+        *,
+        id_kind: str | None = None,
+    ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         super().__init__(path, n_rows, n_cols, block_rows)
         self._pa = pa
         self._names = [f"c{j}" for j in range(n_cols)]
-        self._schema = pa.schema([(name, pa.float64()) for name in self._names])
+        fields = [(name, pa.float64()) for name in self._names]
+        self._id_type = (
+            None if id_kind is None else (pa.int64() if id_kind == "int" else pa.string())
+        )
+        if self._id_type is not None:
+            fields.insert(0, ("row_id", self._id_type))
+        self._ids: np.ndarray | None = None
+        self._schema = pa.schema(fields)
         self._writer = pq.ParquetWriter(str(path), self._schema)
+
+    def write_with_ids(self, block: np.ndarray, ids: np.ndarray) -> None:
+        self._ids = ids
+        try:
+            self.write(block)
+        finally:
+            self._ids = None
 
     def _write(self, block: np.ndarray) -> None:
         pa = self._pa
-        table = pa.Table.from_arrays(
-            [pa.array(block[:, j]) for j in range(self.n_cols)], schema=self._schema
-        )
+        arrays = [pa.array(block[:, j]) for j in range(self.n_cols)]
+        if self._id_type is not None:
+            if self._ids is None or self._ids.shape[0] != block.shape[0]:
+                raise ValueError("a row_id column needs one id per row: use write_with_ids")
+            ids = self._ids.tolist() if self._ids.dtype.kind != "i" else self._ids
+            arrays.insert(0, pa.array(ids, type=self._id_type))
+        table = pa.Table.from_arrays(arrays, schema=self._schema)
         self._writer.write_table(table, row_group_size=max(1, block.shape[0]))
 
     def close(self, attrs: dict[str, Any]) -> None:
@@ -604,11 +920,20 @@ def _atomic_output(
     n_cols: int,
     block_rows: int,
     attrs: dict[str, Any],
+    *,
+    id_kind: str | None = None,
 ) -> Iterator[_Output]:
-    """Write to ``.<name>.tmp-<pid>`` beside ``target``; rename on success, remove on failure."""
+    """Write to ``.<name>.tmp-<pid>`` beside ``target``; rename on success, remove on failure.
+
+    ``id_kind`` (Parquet only) adds a leading ``row_id`` column (see :class:`_ParquetOutput`).
+    """
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
-    writer = _OUTPUTS[fmt](tmp, n_rows, n_cols, block_rows)
+    writer: _Output
+    if id_kind is None:
+        writer = _OUTPUTS[fmt](tmp, n_rows, n_cols, block_rows)
+    else:
+        writer = _ParquetOutput(tmp, n_rows, n_cols, block_rows, id_kind=id_kind)
     try:
         yield writer
         if n_rows is not None and writer.rows != n_rows:

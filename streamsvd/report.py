@@ -32,8 +32,8 @@ import numpy as np
 from streamsvd.api import Factors, open_factors
 from streamsvd.compression import compression_table
 from streamsvd.linalg.rank import gavish_donoho_lambda, marchenko_pastur_median
-from streamsvd.store import layout
-from streamsvd.store.matrix import matrix_array
+from streamsvd.store import layout, sparse
+from streamsvd.store.matrix import matrix_array, read_meta
 from streamsvd.store.repository import Store
 
 
@@ -196,17 +196,36 @@ def history_data(store: str | Path | Factors, *, version: str | None = None) -> 
 
 
 def report_summary(store: str | Path | Factors, *, version: str | None = None) -> dict[str, Any]:
-    """The summary table of ``report.md``: store, version, shape, rank, error, compression."""
+    """The summary table of ``report.md``: store, version, shape, rank, error, compression.
+
+    ``kind`` is the store's matrix kind (``dense`` or ``sparse``); a sparse store adds
+    ``nnz`` and ``density`` (of the whole stored matrix), and its ``data_bytes`` are
+    its CSR bytes (see :func:`~streamsvd.compression.compression_table`).
+    """
     factors = _factors(store, version)
     group = Store.open(factors.store).root(factors.version)
     table = compression_table(factors)
     history = _history(factors)
     last_fit = factors.attrs.get("last_fit") or {}
     params = factors.attrs.get("params") or {}
+    meta = read_meta(group)
+    kind = meta.kind
+    extra: dict[str, Any] = {}
+    if kind == sparse.KIND:
+        rows = sparse.n_rows(group)
+        stored = sparse.nnz(group)
+        extra = {
+            "nnz": stored,
+            "density": stored / (rows * meta.n_cols) if rows and meta.n_cols else 0.0,
+        }
+    else:
+        rows = int(matrix_array(group).shape[0])
     return {
         "store": factors.store,
         "version": factors.version,
-        "rows": int(matrix_array(group).shape[0]),
+        "kind": kind,
+        **extra,
+        "rows": rows,
         "rows_covered": factors.stored.rows_covered,
         "cols": int(factors.vt.shape[1]),
         "rank": factors.rank,
@@ -328,22 +347,36 @@ def _cell(text: str) -> str:
 def _markdown(summary: dict[str, Any], spectrum: SpectrumData, table: list[dict[str, Any]]) -> str:
     from streamsvd.compression import format_bytes
 
+    ratio = summary["compression_ratio"]
+    sparse_store = summary.get("kind") == sparse.KIND
+    compression = (
+        f"{ratio:.3g} ({format_bytes(summary['data_bytes'])} of data"
+        + (" as CSR" if sparse_store else "")
+        + f" → {format_bytes(summary['factor_bytes'])} of float64 factors)"
+    )
+    if ratio < 1:
+        compression += "; below 1: the factors are larger than the data" + (
+            " (usual for sparse data: the factors are dense)" if sparse_store else ""
+        )
     rows = [
         ("store", f"`{summary['store']}`"),
         ("version", f"`{summary['version']}`"),
         ("rows (covered by the factors)", f"{summary['rows']} ({summary['rows_covered']})"),
         ("cols", str(summary["cols"])),
+    ]
+    if sparse_store:
+        rows += [
+            ("stored entries (nnz)", str(summary["nnz"])),
+            ("density", f"{summary['density']:.4g}"),
+        ]
+    rows += [
         ("rank", str(summary["rank"])),
         ("rank rule", f"`{summary['rank_rule']}`"),
         ("rank reason", summary["rank_reason"]),
         ("PCA mode (centred)", "yes" if summary["center"] else "no"),
         ("relative error", f"{summary['relative_error']:.6g}"),
         ("captured energy", f"{summary['captured_energy']:.6g}"),
-        (
-            "compression ratio at rank k",
-            f"{summary['compression_ratio']:.3g} ({format_bytes(summary['data_bytes'])} of data "
-            f"→ {format_bytes(summary['factor_bytes'])} of float64 factors)",
-        ),
+        ("compression ratio at rank k", compression),
         ("last fit", str(summary["last_fit"])),
         (
             "updates since the last fit (all)",
