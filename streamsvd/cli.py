@@ -301,6 +301,14 @@ def update(
     ] = None,
     scheduler: SchedulerOpt = "local",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    parallel: Annotated[
+        bool | None,
+        typer.Option(
+            "--parallel/--no-parallel",
+            help="Merge the files' partial SVDs in a tree on Dask workers (default: when "
+            "there are 2+ files and --scheduler is a cluster address).",
+        ),
+    ] = None,
 ) -> None:
     """Ingest new rows and update the factors in one commit (reads only the new rows)."""
     import streamsvd
@@ -320,6 +328,7 @@ def update(
                 sketch_above=sketch_above,
                 scheduler=scheduler,
                 progress=callback,
+                parallel=parallel,
             )
     for skipped in report.skipped:
         console.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False)

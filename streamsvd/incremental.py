@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse
 import zarr
 
+from streamsvd.engine.tree_update import should_run_parallel, tree_fold_in
 from streamsvd.errors import ConfigError, NoFactorsError
 from streamsvd.linalg.compaction import compact_rows, compacted_t, needs_compaction
 from streamsvd.linalg.sparse_update import append_sparse_rows
@@ -125,6 +126,7 @@ def update(
     sketch_above: int | None = None,
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
+    parallel: bool | None = None,
 ) -> UpdateReport:
     """Ingest new rows and update the factors in one commit.
 
@@ -151,7 +153,17 @@ def update(
         Batches with more rows than this are sketched first (randomized, accounting
         still exact); default exact.
     scheduler : str, optional
-        Dask scheduler for a refit (see :func:`streamsvd.fit`).
+        Dask scheduler for a refit and for a parallel update (see :func:`streamsvd.fit`).
+    parallel : bool, optional
+        Merge the new files' partial SVDs in a tree on Dask workers
+        (:mod:`streamsvd.engine.tree_update`) instead of folding them in one after
+        the other. ``None`` (default): when there are at least two sources and a
+        distributed scheduler is in use (an address, or a current
+        ``distributed.Client``), and the store is dense and uncentred. ``True`` on a
+        centred or sparse store raises :class:`ConfigError`. In parallel mode each
+        new file is read twice (by the ingest in the client and by its task) and
+        ``sketch_above`` does not apply (files with more than ``k + 10`` rows and
+        columns are sketched).
 
     Returns
     -------
@@ -190,6 +202,13 @@ def update(
             is_sparse = meta.kind == sparse.KIND
             n_rows = sparse.n_rows(group) if is_sparse else int(matrix_array(group).shape[0])
             block_rows = max(meta.chunk_rows, 1)
+            use_tree = should_run_parallel(
+                parallel,
+                n_sources=len(items),
+                centred=state.mean is not None,
+                sparse=is_sparse,
+                scheduler=scheduler,
+            )
 
             # Where each batch starts and the γ applied before it: the row weights
             # (γ^age) that `verify` needs to measure the weighted matrix.
@@ -212,7 +231,28 @@ def update(
                     else:
                         block = np.asarray(matrix_array(group)[start:stop])
                     fold_in(block, start, start == covered)
-            partial = ingest_into(tx, items, options, progress, created=False, on_block=fold_in)
+            tree_record: dict[str, Any] = {}
+            if use_tree:
+                partial = ingest_into(tx, items, options, progress, created=False)
+                tree = tree_fold_in(
+                    state,
+                    items,
+                    partial.batches,
+                    options,
+                    dtype=meta.dtype,
+                    forget=forget,
+                    scheduler=scheduler,
+                )
+                if forget != 1.0:
+                    forget_batches.extend([b.row_start, forget] for b in partial.batches)
+                if tree.files:
+                    tree_record = {
+                        "parallel": True,
+                        "tree_depth": tree.depth,
+                        "tree_files": tree.files,
+                    }
+            else:
+                partial = ingest_into(tx, items, options, progress, created=False, on_block=fold_in)
             rows_added = sum(b.rows for b in partial.batches)
             if not partial.batches and caught_up == 0:
                 return UpdateReport(
@@ -236,6 +276,7 @@ def update(
                 "forget_batches": forget_batches,
                 "compacted": compacted,
                 "sketched_blocks": state.sketched,
+                **tree_record,
             }
             _write_state(tx.session, state, record)
             commit_started = time.perf_counter()
