@@ -231,7 +231,7 @@ def main() -> None:
         seconds = timed(lambda: shutil.copyfile(npy, npy.with_suffix(".copy")))[1]
         mark_measured()
         npy.with_suffix(".copy").unlink()
-        report({"seconds": seconds})
+        report({"seconds": seconds, "rows": args.rows})
         return
     if args.child == "profile":
         child_profile(npy, store)
