@@ -51,7 +51,7 @@ def dask_client(
         How long to try reaching the scheduler.
     """
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
@@ -72,13 +72,7 @@ def dask_client(
         finally:
             client.close()
         return
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker or os.cpu_count() or 1,
-        processes=False,
-        dashboard_address=":0",
-        silence_logs=40,
-    )
+    cluster = start_local_cluster(n_workers, threads_per_worker)
     try:
         with (
             Client(cluster, set_as_default=False) as client,
@@ -87,6 +81,19 @@ def dask_client(
             yield client
     finally:
         cluster.close()
+
+
+def start_local_cluster(n_workers: int = 1, threads_per_worker: int | None = None) -> Any:
+    """The embedded cluster: in-process workers, a thread per core, dashboard on a free port."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker or os.cpu_count() or 1,
+        processes=False,
+        dashboard_address=":0",
+        silence_logs=40,
+    )
 
 
 def check_cluster_versions(client: Any) -> None:
@@ -135,15 +142,7 @@ def cluster_address(
     if scheduler != "local":
         yield scheduler
         return
-    from distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker or os.cpu_count() or 1,
-        processes=False,
-        dashboard_address=":0",
-        silence_logs=40,
-    )
+    cluster = start_local_cluster(n_workers, threads_per_worker)
     try:
         yield str(cluster.scheduler_address)
     finally:
