@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from streamsvd.errors import InvalidInputError, ShapeMismatchError
 from streamsvd.linalg.compaction import compact_rows, compacted_t, needs_compaction
 from streamsvd.linalg.merge import PartialSVD, merge_svds
+from streamsvd.linalg.tall import _CholeskyRows, _compress_rows, _HouseholderRows
 from streamsvd.linalg.update import RowAppend, append_rows, sketch_rows
 from streamsvd.linalg.update_centered import CenteredAppend, append_rows_centered
 
@@ -605,3 +606,145 @@ def test_core_paths_match_lapack_on_stacked(
     full = np.vstack([Lazy.fit(a[:300], k).reconstruct(), a[300:]])
     measured = np.linalg.norm(full - state.reconstruct())
     assert measured**2 == pytest.approx(np.sum(full**2) - np.sum(state.s**2), rel=1e-8)
+
+
+# ------------------------------------- tall batches: Cholesky QR, Householder fallback
+
+
+def _check_against_stacked(state: Lazy, batch: Array, res: RowAppend, k: int) -> None:
+    """``res`` (rank ``k``, no growth) against LAPACK on the stacked matrix it is exact for."""
+    stacked = np.vstack([state.s[:, None] * state.vt, batch])
+    _, s_ref, vt_ref = np.linalg.svd(stacked, full_matrices=False)
+    np.testing.assert_allclose(res.updated_s, s_ref[:k], rtol=0, atol=1e-12 * s_ref[0])
+    gap = (s_ref[k - 1] - s_ref[k]) / s_ref[0]
+    proj = res.updated_vt.T @ res.updated_vt - vt_ref[:k].T @ vt_ref[:k]
+    assert np.abs(proj).max() < 1e-13 / gap
+    new = state.apply(res)
+    assert orth_defect(new.u) < 1e-12
+    assert orth_defect(new.vt.T) < 1e-12
+    full = np.vstack([state.reconstruct(), batch])
+    measured = np.linalg.norm(full - new.reconstruct())
+    assert measured**2 == pytest.approx(np.sum(full**2) - np.sum(new.s**2), rel=1e-8)
+
+
+@pytest.mark.parametrize("method", ["cholesky", "householder"])
+@pytest.mark.parametrize("layout", ["C", "F", "float32"])
+def test_tall_batch_compressions_match_lapack(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, method: str, layout: str
+) -> None:
+    # b = 5 n: the batch is compressed to an n × n triangle; both QRs (forced) must give
+    # LAPACK's answer on the stacked matrix, for either memory layout and float32 input.
+    import streamsvd.linalg.merge as merge_mod
+
+    monkeypatch.setattr(merge_mod, "_ROW_COMPRESSION", method)
+    n, k, b = 60, 8, 300
+    sigma = 100 * 0.8 ** np.arange(30)
+    a = with_spectrum(rng, 200 + b, n, sigma) + 1e-2 * rng.standard_normal((200 + b, n))
+    if layout == "float32":
+        a = a.astype(np.float32).astype(np.float64)  # the values the float32 batch holds
+    state = Lazy.fit(a[:200], k)
+    batch = a[200:]
+    given_batch: dict[str, Array] = {
+        "C": batch,
+        "F": np.asfortranarray(batch),
+        "float32": batch.astype(np.float32),
+    }
+    core = merge_mod._core_step(state.s, state.vt, batch, rank=k, tol=None)
+    assert core.compression == method
+    kept = given_batch[layout].copy()
+    res = append_rows(state.t, state.s, state.vt, state.energy, given_batch[layout])
+    np.testing.assert_array_equal(given_batch[layout], kept)  # the batch is not modified
+    _check_against_stacked(state, batch, res, k)
+
+
+def test_tall_batch_paths_agree(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default (guarded Cholesky QR) takes the Cholesky path on a well-conditioned batch
+    # and agrees with the Householder path to round-off.
+    import streamsvd.linalg.merge as merge_mod
+
+    n, k, b = 50, 6, 400
+    a = with_spectrum(rng, 100 + b, n, 50 * 0.7 ** np.arange(20))
+    a += 1e-3 * rng.standard_normal(a.shape)
+    state = Lazy.fit(a[:100], k)
+    batch = a[100:]
+    assert isinstance(_compress_rows(batch), _CholeskyRows)
+    assert merge_mod._core_step(state.s, state.vt, batch, rank=k, tol=None).compression == (
+        "cholesky"
+    )
+    auto = append_rows(state.t, state.s, state.vt, state.energy, batch)
+    monkeypatch.setattr(merge_mod, "_ROW_COMPRESSION", "householder")
+    house = append_rows(state.t, state.s, state.vt, state.energy, batch)
+    np.testing.assert_allclose(auto.updated_s, house.updated_s, rtol=1e-13)
+    np.testing.assert_allclose(auto.updated_energy, house.updated_energy, rtol=1e-15)
+    u_auto, u_house = state.apply(auto).u, state.apply(house).u
+    np.testing.assert_allclose(u_auto[100:], u_house[100:], rtol=0, atol=1e-12)
+    _check_against_stacked(state, batch, auto, k)
+
+
+@pytest.mark.parametrize("kind", ["rank_deficient", "zero_column", "ill_conditioned"])
+def test_ill_conditioned_tall_batch_falls_back_to_householder(
+    rng: np.random.Generator, kind: str
+) -> None:
+    # Cholesky QR is refused a priori (Gram matrix not positive definite in floating point,
+    # or cond(R) above the guard); the Householder QR then gives LAPACK's answer.
+    import streamsvd.linalg.merge as merge_mod
+
+    n, k, b = 40, 5, 200
+    a = with_spectrum(rng, 80 + b, n, 20 * 0.6 ** np.arange(12))
+    batch = a[80:].copy()
+    if kind == "rank_deficient":  # rank 12 < n
+        pass
+    elif kind == "zero_column":
+        batch += 1e-2 * rng.standard_normal(batch.shape)
+        batch[:, 7] = 0.0
+    else:  # full rank, cond ~2e7: potrf succeeds, the condition guard refuses
+        batch += with_spectrum(rng, b, n, np.geomspace(1e-2, 1e-7, n))
+    state = Lazy.fit(a[:80] + 1e-3 * rng.standard_normal((80, n)), k)
+    assert isinstance(_compress_rows(batch), _HouseholderRows)
+    core = merge_mod._core_step(state.s, state.vt, batch, rank=k, tol=None)
+    assert core.compression == "householder"
+    res = append_rows(state.t, state.s, state.vt, state.energy, batch)
+    _check_against_stacked(state, batch, res, k)
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+def test_cholesky_guard_refuses_overflow_and_underflow(
+    rng: np.random.Generator, scale: float
+) -> None:
+    # The Gram matrix over- or underflows although the block is representable: Householder
+    # (norms computed with scaling) is used, and no floating-point warning escapes.
+    x = rng.standard_normal((120, 20))
+    comp = _compress_rows(x * scale)
+    assert isinstance(comp, _HouseholderRows)
+    ref = np.linalg.qr(x, mode="r")
+    np.testing.assert_allclose(np.abs(comp.r / scale), np.abs(ref), rtol=1e-12, atol=1e-12)
+
+
+def test_weak_directions_fall_back_after_the_orthogonality_check(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cond(batch) = 1e5 passes the a-priori guard, but growing the rank to keep every
+    # direction makes the Cholesky left factor lose ~eps cond² of orthogonality: the
+    # a-posteriori check must reject it and redo the step by Householder.
+    import streamsvd.linalg.merge as merge_mod
+
+    n, k, b = 30, 4, 150
+    a = with_spectrum(rng, 40, n, 10 * 0.5 ** np.arange(k))
+    state = Lazy.fit(a, k)
+    batch = with_spectrum(rng, b, n, np.geomspace(10, 1e-4, n))
+    assert isinstance(_compress_rows(batch), _CholeskyRows)
+    monkeypatch.setattr(merge_mod, "_ROW_COMPRESSION", "cholesky")
+    forced = merge_mod._core_step(state.s, state.vt, batch, rank=k + n, tol=None)
+    assert forced.compression == "cholesky"
+    assert orth_defect(forced.mix) > 1e-10  # what the check is for
+    monkeypatch.setattr(merge_mod, "_ROW_COMPRESSION", "auto")
+    core = merge_mod._core_step(state.s, state.vt, batch, rank=k + n, tol=None)
+    assert core.compression == "householder"
+    assert orth_defect(core.mix) < 1e-13
+    res = append_rows(state.t, state.s, state.vt, state.energy, batch, rank=n)
+    stacked = np.vstack([state.s[:, None] * state.vt, batch])
+    s_ref = np.linalg.svd(stacked, compute_uv=False)
+    np.testing.assert_allclose(res.updated_s, s_ref[:n], rtol=0, atol=1e-12 * s_ref[0])
+    new = state.apply(res)
+    assert orth_defect(new.u) < 1e-12
+    np.testing.assert_allclose(new.reconstruct(), np.vstack([a, batch]), rtol=0, atol=1e-11)

@@ -14,12 +14,16 @@ block-diagonal to ``U``), the updated factors are the top-``k'`` SVD of the stac
 ``C − C V vt``) has the same SVD; it is computed without forming ``J`` or any
 matrix with more than ``k + n`` rows::
 
-    p > n:  C = Q_C R_C (Householder, Q_C implicit);  W̃ = [γ diag(s) vt; R_C]
+    p > n:  C = Q_C R_C (Q_C implicit);  W̃ = [γ diag(s) vt; R_C]
     W̃ = Û diag(ŝ) V̂ᵀ   (top k' only: certified subspace iteration, else LAPACK)
     s' = ŝ[:k'];  vt' = V̂[:, :k']ᵀ;  U' = blockdiag(U, Q Q_C) Û[:, :k']
 
 with ``k' = min(rank, k + r)``, ``r`` the numerical rank of the residual (evaluated only
 when ``rank > k``).
+
+Tall blocks (``p > n``) are compressed by a guarded Cholesky QR with a Householder
+fallback (:mod:`streamsvd.linalg.tall`); the guard's a-posteriori part (the computed
+``U'`` must be orthonormal to within ``1e-13``) is checked by :func:`_core_step`.
 
 Exact accounting. Let ``X = [γ A; B]`` with ``A = U diag(s) vt + E``, ``Uᵀ E = 0`` and
 ``B = Q C + F``, ``Qᵀ F = 0`` (``F = 0`` when ``Q`` is the identity). Then
@@ -37,14 +41,21 @@ two truncated SVDs used by gensim's ``LsiModel``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.linalg as sla
 from numpy.typing import ArrayLike, NDArray
-from scipy.linalg import lapack
 
 from streamsvd.errors import InvalidInputError, ShapeMismatchError
 from streamsvd.linalg.signs import fix_signs
+from streamsvd.linalg.tall import (
+    _CholeskyRows,
+    _compress_rows,
+    _householder_rows,
+    _orth_defect,
+    _RowCompression,
+)
 
 __all__ = ["MergedSVD", "PartialSVD", "merge_svds"]
 
@@ -56,6 +67,12 @@ _EPS = float(np.finfo(np.float64).eps)
 _PARTIAL_MIN = 128
 #: Refinement steps of the partial SVD before falling back to a full SVD.
 _REFINE_STEPS = 6
+#: How tall blocks are compressed: ``"auto"`` (guarded Cholesky QR, Householder fallback),
+#: ``"cholesky"`` (whenever the Cholesky factorization succeeds; for tests) or
+#: ``"householder"``.
+_ROW_COMPRESSION: Literal["auto", "cholesky", "householder"] = "auto"
+#: Largest ``max |U'ᵀ U' − I|`` accepted from the Cholesky QR path (Householder: ~1e-15).
+_CHOLQR_ORTH_TOL = 1e-13
 
 
 # --------------------------------------------------------------------------- checks
@@ -210,40 +227,6 @@ def _top_svd(y: Array, k_new: int) -> tuple[Array, Array, Array]:
     return u_hat[:, :k_new], s_hat[:k_new], vt_hat[:k_new]
 
 
-@dataclass(frozen=True)
-class _RowCompression:
-    """``block = Q[:, :n] r`` for a tall block (``p > n``): Householder QR kept implicit.
-
-    ``r`` (``n × n``, upper triangular) has the same Gram matrix as the block, so the
-    block's rows can be replaced by ``r`` in the core step; ``Q`` is applied to the
-    ``n × q`` result afterwards (``dgemqrt``, O(p n q)) and never formed.
-    """
-
-    r: Array
-    reflectors: Array  # (p, n), Fortran order, from dgeqrt
-    factors: Array  # (nb, n), the block reflectors' triangular factors
-
-    def apply(self, x: Array) -> Array:
-        """``Q[:, :n] @ x`` for ``x`` of shape ``(n, q)``."""
-        p, n = self.reflectors.shape
-        padded = np.zeros((p, x.shape[1]), order="F")
-        padded[:n] = x
-        out, info = lapack.dgemqrt(self.reflectors, self.factors, padded, overwrite_c=1)
-        if info != 0:  # pragma: no cover - only on invalid arguments
-            raise RuntimeError(f"LAPACK dgemqrt failed (info={info})")
-        return np.ascontiguousarray(out)
-
-
-def _compress_rows(block: Array) -> _RowCompression:
-    """Householder QR (``dgeqrt``: recursive, BLAS-3 panels) of a tall ``p × n`` block."""
-    n = block.shape[1]
-    work = np.array(block, dtype=np.float64, order="F")  # a private copy: overwritten
-    reflectors, factors, info = lapack.dgeqrt(min(32, n), work, overwrite_a=1)
-    if info != 0:  # pragma: no cover - only on invalid arguments
-        raise RuntimeError(f"LAPACK dgeqrt failed (info={info})")
-    return _RowCompression(r=np.triu(reflectors[:n]), reflectors=reflectors, factors=factors)
-
-
 def _residual_rank(block: Array, vt_old: Array, threshold: float) -> int:
     """Number of singular values of ``H = block (I − V vt)`` above ``threshold``.
 
@@ -265,6 +248,8 @@ class _Core:
     mix: Array  # (k + p, k'): rows for the old left factor first, then for the block
     s: Array  # (k',)
     vt: Array  # (k', n_cols)
+    #: how the block was compressed: "none" (p <= n), "cholesky" or "householder"
+    compression: str = "none"
 
 
 def _core_step(s_old: Array, vt_old: Array, block: Array, *, rank: int, tol: float | None) -> _Core:
@@ -273,26 +258,55 @@ def _core_step(s_old: Array, vt_old: Array, block: Array, *, rank: int, tol: flo
     ``vt_old`` must have orthonormal rows. A block taller than wide (``p > n``) is first
     replaced by the triangular factor of its QR (same Gram matrix, ``n`` rows); the
     stacked ``(k + min(p, n)) × n`` matrix then has an ordinary thin SVD, and its left
-    factor is mapped back through the implicit ``Q``. The rank kept is ``min(rank, k + r)``
-    with ``r`` the numerical rank of the residual ``block (I − V vt)`` (singular values
-    above ``tol · max(s_old[0], ‖block‖_F)``); ``r`` is computed only when
-    ``rank > k``. Cost O(p n min(p, n) + (k + min(p, n)) n min(k + p, n) + p n rank),
-    independent of the number of rows behind ``s_old``; never an SVD of more than
-    ``k + n`` rows.
+    factor is mapped back through the implicit ``Q``. The QR is a guarded Cholesky QR,
+    redone by Householder when the guard fails (see the module docstring). The rank kept
+    is ``min(rank, k + r)`` with ``r`` the numerical rank of the residual
+    ``block (I − V vt)`` (singular values above ``tol · max(s_old[0], ‖block‖_F)``); ``r``
+    is computed only when ``rank > k``. Cost O(p n min(p, n) + (k + min(p, n)) n min(k +
+    p, n) + p n rank), independent of the number of rows behind ``s_old``; never an SVD
+    of more than ``k + n`` rows.
     """
+    n = vt_old.shape[1]
+    p = block.shape[0]
+    if not p > n > 0:
+        return _core_from(s_old, vt_old, block, None, rank=rank, tol=tol)
+    comp = _compress_rows(block, _ROW_COMPRESSION)
+    core = _core_from(s_old, vt_old, block, comp, rank=rank, tol=tol)
+    if (
+        isinstance(comp, _CholeskyRows)
+        and _ROW_COMPRESSION == "auto"
+        and not _orth_defect(core.mix) <= _CHOLQR_ORTH_TOL
+    ):
+        core = _core_from(s_old, vt_old, block, _householder_rows(block), rank=rank, tol=tol)
+    return core
+
+
+def _core_from(
+    s_old: Array,
+    vt_old: Array,
+    block: Array,
+    comp: _RowCompression | None,
+    *,
+    rank: int,
+    tol: float | None,
+) -> _Core:
+    """:func:`_core_step` with the block's compression given (``None``: not compressed)."""
     k, n = vt_old.shape
     p = block.shape[0]
-    comp = _compress_rows(block) if p > n > 0 else None
     small = block if comp is None else comp.r
+    method = "none" if comp is None else comp.method
     k_new = min(rank, k + small.shape[0], n)
     if rank > k:
-        scale = max(float(s_old[0]) if k else 0.0, float(np.linalg.norm(block)))
+        # ‖r‖_F = ‖block‖_F to rounding (same Gram matrix)
+        scale = max(float(s_old[0]) if k else 0.0, float(np.linalg.norm(small)))
         if tol is None:
             tol = max(p, n, 1) * _EPS
         r = _residual_rank(small, vt_old, tol * scale) if scale > 0 else 0
         k_new = min(k_new, k + r)
     if k_new == 0:
-        return _Core(mix=np.zeros((k + p, 0)), s=np.zeros(0), vt=np.zeros((0, n)))
+        return _Core(
+            mix=np.zeros((k + p, 0)), s=np.zeros(0), vt=np.zeros((0, n)), compression=method
+        )
     stacked = np.vstack([s_old[:, None] * vt_old, small])
     top, s_hat, vt_hat = _top_svd(stacked, k_new)
     lower = top[k:] if comp is None else comp.apply(top[k:])
@@ -301,6 +315,7 @@ def _core_step(s_old: Array, vt_old: Array, block: Array, *, rank: int, tol: flo
         mix=mix.astype(np.float64, copy=False),
         s=s_hat.astype(np.float64, copy=True),
         vt=vt_new.astype(np.float64, copy=False),
+        compression=method,
     )
 
 
@@ -348,7 +363,9 @@ def _extend_lazy(
     null = qht[r:].T  # (q, e)
     coef_old = basis @ old_coords  # (c, q)
     reach = basis @ (pl[:, :r] * sig[:r])  # = coef_old @ q_keep, full column rank r
-    rows = (new_values @ q_keep) @ np.linalg.pinv(reach) if r else np.zeros((b, c))
+    rows = new_values @ (q_keep @ np.linalg.pinv(reach)) if r else np.zeros((b, c))
+    if not null.shape[1]:  # the usual case: no column added, no O(b q c) remainder
+        return _LazyRows(coef=coef_old, rows=rows, added=0)
     extra = (new_values - rows @ coef_old) @ null  # exact remainder, (b, e)
     return _LazyRows(
         coef=np.vstack([coef_old, null.T]),

@@ -309,7 +309,7 @@ def append_rows(
         tol=tol,
         extend_below=extend_below,
     )
-    energy = gamma**2 * float(last_energy) + float(np.sum(rows * rows))
+    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
     return RowAppend(
         updated_t=lazy.coef,
         updated_s=core.s,
@@ -385,7 +385,7 @@ def sketch_rows(
         tol=tol,
         extend_below=extend_below,
     )
-    energy = gamma**2 * float(last_energy) + float(np.sum(rows * rows))
+    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
     return RowAppend(
         updated_t=lazy.coef,
         updated_s=core.s,
