@@ -68,17 +68,6 @@ def matrix_as_dask(group: zarr.Group, *, block_rows: int | None = None) -> da.Ar
 
 @contextlib.contextmanager
 def _scheduler(scheduler: str | None) -> Iterator[None]:
-    # One BLAS thread per task: Dask already runs a block per core, and OpenBLAS
-    # threads spinning beside Dask's and Blosc's threads made the 100,000-row fit
-    # 2-3× slower on 2 cores (1.9 s with one BLAS thread, 4.2-6.5 s without).
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), _dask_scheduler(scheduler):
-        yield
-
-
-@contextlib.contextmanager
-def _dask_scheduler(scheduler: str | None) -> Iterator[None]:
     if scheduler is None:
         yield
         return
