@@ -176,6 +176,23 @@ def _lazy_update(
     return core, lazy
 
 
+def _result(
+    core: _Core, lazy: _LazyRows, gamma: float, last_energy: float, rows: Array, *, sketched: bool
+) -> RowAppend:
+    """The :class:`RowAppend` of a finished step; ``energy' = γ² energy + ‖B‖_F²``."""
+    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
+    return RowAppend(
+        updated_t=lazy.coef,
+        updated_s=core.s,
+        updated_vt=core.vt,
+        updated_energy=energy,
+        new_u_raw_rows=lazy.rows,
+        u_raw_columns_added=lazy.added,
+        relative_error=relative_error(energy, core.s),
+        sketched=sketched,
+    )
+
+
 def _noop(t: Array, s: Array, vt: Array, energy: float) -> RowAppend:
     return RowAppend(
         updated_t=t,
@@ -309,17 +326,7 @@ def append_rows(
         tol=tol,
         extend_below=extend_below,
     )
-    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
-    return RowAppend(
-        updated_t=lazy.coef,
-        updated_s=core.s,
-        updated_vt=core.vt,
-        updated_energy=energy,
-        new_u_raw_rows=lazy.rows,
-        u_raw_columns_added=lazy.added,
-        relative_error=relative_error(energy, core.s),
-        sketched=False,
-    )
+    return _result(core, lazy, gamma, last_energy, rows, sketched=False)
 
 
 def sketch_rows(
@@ -385,14 +392,4 @@ def sketch_rows(
         tol=tol,
         extend_below=extend_below,
     )
-    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
-    return RowAppend(
-        updated_t=lazy.coef,
-        updated_s=core.s,
-        updated_vt=core.vt,
-        updated_energy=energy,
-        new_u_raw_rows=lazy.rows,
-        u_raw_columns_added=lazy.added,
-        relative_error=relative_error(energy, core.s),
-        sketched=True,
-    )
+    return _result(core, lazy, gamma, last_energy, rows, sketched=True)
