@@ -28,6 +28,16 @@ class DriftDecision:
     updates_since_fit: int
 
 
+def updates_since_fit(history: list[dict[str, Any]]) -> int:
+    """How many entries of a factors' history came after its last full fit."""
+    count = 0
+    for entry in reversed(history):
+        if entry.get("op") == "fit":
+            break
+        count += 1
+    return count
+
+
 def check_drift(
     store: str | Path,
     *,
@@ -51,11 +61,7 @@ def check_drift(
     last_fit = attrs.get("last_fit") or {}
     last_error = float(last_fit.get("relative_error", error))
     history = attrs.get("history", [])
-    updates = 0
-    for entry in reversed(history):
-        if entry.get("op") == "fit":
-            break
-        updates += 1
+    updates = updates_since_fit(history)
     policy = RefitPolicy.parse(refit_above)
     budget = policy.budget(last_error) if policy else None
     if budget is not None and error > budget:

@@ -31,6 +31,7 @@ import numpy as np
 
 from streamsvd.api import Factors, open_factors
 from streamsvd.compression import compression_table
+from streamsvd.drift import updates_since_fit
 from streamsvd.linalg.rank import gavish_donoho_lambda, marchenko_pastur_median
 from streamsvd.store import layout, sparse
 from streamsvd.store.matrix import matrix_array, read_meta
@@ -102,15 +103,6 @@ def _history(factors: Factors) -> list[dict[str, Any]]:
     return list(factors.attrs.get("history") or [])
 
 
-def _updates_since_fit(history: list[dict[str, Any]]) -> int:
-    count = 0
-    for entry in reversed(history):
-        if entry.get("op") == "fit":
-            break
-        count += 1
-    return count
-
-
 def gavish_donoho_threshold(
     s: np.ndarray, energy: float, n_rows: int, n_cols: int
 ) -> tuple[float | None, str]:
@@ -167,7 +159,7 @@ def spectrum_data(store: str | Path | Factors, *, version: str | None = None) ->
     factors_group: Any = group[layout.FACTORS]
     if "spectrum" in factors_group:
         spectrum = np.asarray(factors_group["spectrum"][...], dtype=np.float64)
-    fresh = _updates_since_fit(_history(factors)) == 0
+    fresh = updates_since_fit(_history(factors)) == 0
     rows = factors.stored.rows_covered
     cols = int(factors.vt.shape[1])
     energy = float(factors.attrs["energy"])
@@ -238,7 +230,7 @@ def report_summary(store: str | Path | Factors, *, version: str | None = None) -
         "factor_bytes": int(table[-1]["factor_bytes"]),
         "data_bytes": int(table[-1]["data_bytes"]),
         "last_fit": last_fit.get("time"),
-        "updates_since_fit": _updates_since_fit(history),
+        "updates_since_fit": updates_since_fit(history),
         "updates": sum(1 for entry in history if entry.get("op") == "update"),
     }
 
