@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +33,32 @@ def rng(seed: int) -> np.random.Generator:
 def write_npy(path: Path, data: np.ndarray) -> Path:
     np.save(path, data, allow_pickle=False)
     return path
+
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import streamsvd, streamsvd.store.checkpoints as checkpoints
+
+    point, nth = sys.argv[1], int(sys.argv[2])
+    seen = {"n": 0}
+
+    def reached(name):
+        if name == point:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoints.reached = reached
+    store, sources = sys.argv[3], sys.argv[4:]
+    """
+)
+
+
+def run_killed(job: str, point: str, nth: int, store: Path, sources: list[Path]) -> int:
+    """Run ``job`` (Python using ``store`` and ``sources``) in a child process that
+    SIGKILLs itself the ``nth`` time it reaches the checkpoint ``point``; returns
+    the child's return code (``-SIGKILL`` when it was killed)."""
+    code = _KILLER + textwrap.dedent(job)
+    cmd = [sys.executable, "-c", code, point, str(nth), str(store), *map(str, sources)]
+    return subprocess.run(cmd, capture_output=True, timeout=120, check=False).returncode

@@ -21,33 +21,16 @@ from streamsvd.errors import StoreLockedError, StoreNotFoundError
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.matrix import matrix_array, read_batch_log
 from streamsvd.store.repository import Store
-from tests.conftest import write_npy
+from tests.conftest import run_killed, write_npy
 
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    import streamsvd.store.checkpoints as checkpoints
-    from streamsvd.store.ingest import IngestOptions, ingest
-
-    point, nth = sys.argv[1], int(sys.argv[2])
-    seen = {"n": 0}
-
-    def reached(name):
-        if name == point:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    checkpoints.reached = reached
-    options = IngestOptions(memory_budget=64 * 1024, chunk_rows=256)
-    ingest(sys.argv[3], sys.argv[4:], options=options)
-    """
-)
+INGEST_JOB = """
+options = streamsvd.IngestOptions(memory_budget=64 * 1024, chunk_rows=256)
+streamsvd.ingest(store, sources, options=options)
+"""
 
 
 def run_child(point: str, nth: int, store: Path, sources: list[Path]) -> int:
-    cmd = [sys.executable, "-c", CHILD, point, str(nth), str(store), *map(str, sources)]
-    return subprocess.run(cmd, capture_output=True, timeout=120, check=False).returncode
+    return run_killed(INGEST_JOB, point, nth, store, sources)
 
 
 @pytest.fixture

@@ -217,11 +217,11 @@ def test_pipeline_publishes_artifacts(
     landing_files(tmp_path, rng, 2)
     pipeline_flow(config=str(write_config(tmp_path)))
 
-    async def latest(key: str) -> Any:
+    async def latest() -> Any:
         async with get_client() as client:
             return await client.read_latest_artifacts()
 
-    artifacts = {a.key: a for a in asyncio.run(latest("x"))}
+    artifacts = {a.key: a for a in asyncio.run(latest())}
     assert {"streamsvd-run", "streamsvd-summary", "streamsvd-plots"} <= set(artifacts)
     assert "data:image/png;base64," in str(artifacts["streamsvd-plots"].data)
     assert "rank 4" in str(artifacts["streamsvd-summary"].data)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import streamsvd.incremental
 from streamsvd.cli import app
 from streamsvd.errors import ConfigError, NoFactorsError
 from streamsvd.store.repository import Store
-from tests.conftest import write_npy
+from tests.conftest import run_killed, write_npy
 
 
 def fast_decay(rng: np.random.Generator, m: int, n: int, noise: float = 1e-3) -> np.ndarray:
@@ -91,7 +88,10 @@ def test_rank_deficient_batch_gives_no_nan(tmp_path: Path, rng: np.random.Genera
     store = fitted_store(tmp_path, data[:200], 4)
     report = streamsvd.update(store, [np.zeros((20, 10))])
     assert np.isfinite(report.relative_error)
-    report = streamsvd.update(store, [np.tile(data[:1], (30, 1)) * 2.0])  # inside span(V)?
+    vt = streamsvd.open_factors(store).vt
+    inside = rng.standard_normal((30, 4)) @ vt  # exactly in span(V): no residual direction
+    report = streamsvd.update(store, [inside])
+    assert np.isfinite(report.relative_error)
     factors = streamsvd.open_factors(store)
     assert np.isfinite(factors.u.compute()).all()
     assert streamsvd.verify(store, scheduler="sync").ok
@@ -214,25 +214,10 @@ def test_update_without_factors_says_fit_first(tmp_path: Path, rng: np.random.Ge
         streamsvd.update(tmp_path / "s", [rng.standard_normal((5, 3))])
 
 
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    import streamsvd, streamsvd.store.checkpoints as checkpoints
-
-    point, nth = sys.argv[1], int(sys.argv[2])
-    seen = {"n": 0}
-
-    def reached(name):
-        if name == point:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    checkpoints.reached = reached
-    options = streamsvd.IngestOptions(memory_budget=16 * 1024)
-    streamsvd.update(sys.argv[3], sys.argv[4:], options=options)
-    """
-)
+UPDATE_JOB = """
+options = streamsvd.IngestOptions(memory_budget=16 * 1024)
+streamsvd.update(store, sources, options=options)
+"""
 
 
 @pytest.mark.parametrize(("point", "nth"), [("after-block", 2), ("before-commit", 1)])
@@ -248,8 +233,7 @@ def test_kill_during_update_then_rerun(
     streamsvd.update(reference, files, options=streamsvd.IngestOptions(memory_budget=16 * 1024))
     store = fitted_store(tmp_path, data[:300], 4)
     before = Store.open(store).current_version()
-    cmd = [sys.executable, "-c", CHILD, point, str(nth), str(store), *map(str, files)]
-    assert subprocess.run(cmd, capture_output=True, check=False).returncode == -signal.SIGKILL
+    assert run_killed(UPDATE_JOB, point, nth, store, files) == -signal.SIGKILL
     assert Store.open(store).current_version() == before
     assert streamsvd.open_factors(store).attrs["rows_covered"] == 300
     streamsvd.update(store, files, options=streamsvd.IngestOptions(memory_budget=16 * 1024))
