@@ -221,3 +221,29 @@ def test_cli_bad_input_exits_non_zero_with_message(tmp_path: Path) -> None:
     assert "bad.npy: row 1, column 1 holds nan" in result.stderr
     result = CliRunner().invoke(app, ["info", str(tmp_path / "nothing")])
     assert result.exit_code == StoreNotFoundError.exit_code
+
+
+def test_landing_listing_does_not_rehash_logged_files(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamsvd.store.landing as landing
+
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    old = write_npy(folder / "001.npy", rng.standard_normal((5, 2)))
+    ingest(tmp_path / "s", [folder])
+    new = write_npy(folder / "002.npy", rng.standard_normal((4, 2)))
+    hashed: list[Path] = []
+    real_hash = landing.content_hash
+
+    def counting_hash(path: Path, *, dataset: str | None = None) -> str:
+        hashed.append(path)
+        return real_hash(path, dataset=dataset)
+
+    monkeypatch.setattr(landing, "content_hash", counting_hash)
+    assert landing.new_sources(tmp_path / "s", [folder]) == [new]
+    assert hashed == [new]  # the logged, unchanged file was not read
+    old.write_bytes(old.read_bytes())  # same content, new mtime: hashed, still known
+    hashed.clear()
+    assert landing.new_sources(tmp_path / "s", [folder]) == [new]
+    assert sorted(hashed) == [old, new]

@@ -356,6 +356,7 @@ def _ingest_one(
     row_stop = array.shape[0]
     if done == 0:
         raise InvalidInputError(f"{path} is empty: it has no data rows. Remove it or fill it.")
+    size, mtime_ns = (-1, -1) if isinstance(source, ArraySource) else file_stat(path)
     return BatchRecord(
         id=batch_id,
         source=path,
@@ -367,7 +368,18 @@ def _ingest_one(
         nan_values=nan_values,
         dropped_rows=dropped,
         time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        size=size,
+        mtime_ns=mtime_ns,
     )
+
+
+def file_stat(path: str | Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a regular file, ``(-1, -1)`` for anything else."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return -1, -1
+    return (int(stat.st_size), int(stat.st_mtime_ns)) if Path(path).is_file() else (-1, -1)
 
 
 def _validate(

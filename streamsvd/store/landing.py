@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from streamsvd.errors import SourceNotFoundError, StoreNotFoundError
+from streamsvd.store.ingest import file_stat
 from streamsvd.store.matrix import read_batch_log
 from streamsvd.store.repository import Store
 from streamsvd.store.sources import content_hash, expand_sources
@@ -24,7 +25,17 @@ def new_sources(
     except SourceNotFoundError:
         return []
     try:
-        known = {b.id for b in read_batch_log(Store.open(store).root())}
+        log = read_batch_log(Store.open(store).root())
     except StoreNotFoundError:
-        known = set()
-    return [p for p in paths if content_hash(p, dataset=dataset) not in known]
+        log = []
+    known = {b.id for b in log}
+    # A file logged under the same path with the same size and mtime is not read
+    # again: without this every run would hash the whole landing folder.
+    unchanged = {(b.source, b.size, b.mtime_ns) for b in log if b.size >= 0}
+    new = []
+    for path in paths:
+        if (str(path), *file_stat(path)) in unchanged:
+            continue
+        if content_hash(path, dataset=dataset) not in known:
+            new.append(path)
+    return new

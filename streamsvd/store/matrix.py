@@ -40,6 +40,11 @@ class BatchRecord:
     nan_values: int
     dropped_rows: int
     time: str
+    # The source file's size and modification time when it was read (-1 for
+    # in-memory arrays): a landing-folder listing skips re-hashing a file whose
+    # path, size and mtime are logged, so its cost does not grow with history.
+    size: int = -1
+    mtime_ns: int = -1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,8 +145,7 @@ def _write_rows(array: zarr.Array, block: np.ndarray[Any, Any], start: int, stop
 
 def append_block(array: zarr.Array, block: np.ndarray[Any, Any]) -> tuple[int, int]:
     """Append rows at the end of the matrix; returns their row range."""
-    start = array.shape[0]
+    start = int(array.shape[0])
     stop = start + block.shape[0]
-    array.resize((stop, array.shape[1]))
-    array[start:stop] = block
+    _write_rows(array, block, start, stop)
     return start, stop
