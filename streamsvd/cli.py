@@ -95,7 +95,9 @@ def ingest(
     dtype: Annotated[
         str | None, typer.Option(help="float32|float64 for a new store (default: from data).")
     ] = None,
-    codec: Annotated[str, typer.Option(help="lz4|zstd|none for a new store.")] = "lz4",
+    codec: Annotated[
+        str, typer.Option(help="auto|lz4|zstd|none for a new store (auto: lz4 if it pays).")
+    ] = "auto",
     nan: Annotated[
         str, typer.Option(help="reject|zero|drop: what to do with NaN and Inf.")
     ] = "reject",

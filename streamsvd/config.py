@@ -38,7 +38,9 @@ class StoreSettings(_Section):
     dtype: Literal["float32", "float64"] | None = Field(
         None, description="Value type of a new store (None: from the first source)"
     )
-    codec: Literal["lz4", "zstd", "none"] = Field("lz4", description="Compression of a new store")
+    codec: Literal["auto", "lz4", "zstd", "none"] = Field(
+        "auto", description="Compression of a new store (auto: lz4 where it shrinks the data)"
+    )
 
 
 class SourceSettings(_Section):

@@ -9,9 +9,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from dask.delayed import delayed
 
 from streamsvd.engine import FitResult, URawSink, fit_array, verify_array
+from streamsvd.engine.fit import BlockWriter
 from streamsvd.errors import ConfigError, InvalidInputError
 
 EPS = np.finfo(np.float64).eps
@@ -34,24 +34,35 @@ class CountingArray:
         return self.data[key]
 
 
-def _tag(block: np.ndarray, index: int) -> tuple[int, np.ndarray]:
-    return index, block
+class DictWriter:
+    """Block writer for tests: a token is ``{start: rows}``, merging unions them."""
+
+    def write(self, rows: np.ndarray, start: int) -> dict[int, np.ndarray]:
+        return {start: rows}
+
+    def merge(self, tokens: list[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+        merged: dict[int, np.ndarray] = {}
+        for token in tokens:
+            assert not merged.keys() & token.keys()
+            merged.update(token)
+        return merged
 
 
 class DictSink:
-    """In-memory U_raw sink for tests: blocks come back keyed by index (tests only:
-    a real sink writes them on the workers and returns nothing that grows with m)."""
+    """In-memory U_raw sink for tests: blocks come back keyed by their first row
+    (tests only: a real sink writes them on the workers and returns nothing that
+    grows with m)."""
 
     def __init__(self) -> None:
         self.blocks: dict[int, np.ndarray] = {}
-        self.finished: Any = None
+        self.shape: tuple[int, int] | None = None
 
-    def lazy_store(self, z: da.Array) -> Any:
-        return [delayed(_tag)(blk, i) for i, blk in enumerate(z.to_delayed().ravel())]
+    def open(self, shape: tuple[int, int]) -> DictWriter:
+        self.shape = shape
+        return DictWriter()
 
-    def finish(self, computed: Any) -> None:
-        self.finished = [i for i, _ in computed]
-        self.blocks = dict(computed)
+    def finish(self, token: Any) -> None:
+        self.blocks = dict(token)
 
     def u_raw(self) -> np.ndarray:
         return np.vstack([self.blocks[i] for i in sorted(self.blocks)])
@@ -346,6 +357,7 @@ def test_sink_protocol_and_progress(rng, capsys):
     assert isinstance(sink, URawSink)
     with dask.config.set(scheduler="sync"):
         res = fit_array(da.from_array(a, chunks=(50, 20)), rank=3, sink=sink, progress=True)
-    assert sink.finished == [0, 1, 2, 3]  # what lazy_store's collection computed to
-    assert sink.u_raw().shape == (200, res.t.shape[0])
+    assert isinstance(DictWriter(), BlockWriter)
+    assert sorted(sink.blocks) == [0, 50, 100, 150]  # what the final pass merged
+    assert sink.shape == sink.u_raw().shape == (200, res.t.shape[0])
     assert "pass 3 (final, l=13)" in capsys.readouterr().out

@@ -247,3 +247,19 @@ def test_landing_listing_does_not_rehash_logged_files(
     hashed.clear()
     assert landing.new_sources(tmp_path / "s", [folder]) == [new]
     assert sorted(hashed) == [old, new]
+
+
+def test_auto_codec_compresses_only_data_that_shrinks(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    noise = rng.standard_normal((3000, 40)).astype(np.float32)
+    ratings = rng.integers(0, 6, size=(3000, 40)).astype(np.float32)
+    for name, data, codec in (("noise", noise, "none"), ("ratings", ratings, "lz4")):
+        ingest(tmp_path / name, [write_npy(tmp_path / f"{name}.npy", data)])
+        assert store_info(tmp_path / name)["codec"] == codec
+        compressors = matrix_array(Store.open(tmp_path / name).root()).compressors
+        assert (len(compressors) > 0) == (codec == "lz4")
+        np.testing.assert_array_equal(stored_rows(tmp_path / name), data)
+    fixed = IngestOptions(codec="zstd")
+    ingest(tmp_path / "fixed", [write_npy(tmp_path / "fixed.npy", noise)], options=fixed)
+    assert store_info(tmp_path / "fixed")["codec"] == "zstd"

@@ -9,6 +9,7 @@ on any scheduler and any number of workers. The numerical steps are in
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,24 +52,41 @@ _DTYPES: dict[str, type[np.floating]] = {"float64": np.float64, "float32": np.fl
 
 
 @runtime_checkable
+class BlockWriter(Protocol):
+    """Writes rows of ``U_raw`` on a worker; picklable, sent with every final task.
+
+    ``write`` stores the rows starting at row ``start`` and returns a token;
+    ``merge`` folds tokens into one. Both run inside the tasks of the final pass
+    (``write`` in the task that computed the rows, ``merge`` in the reduction
+    tree), so ``U_raw`` costs no extra tasks and never leaves the worker.
+    """
+
+    def write(self, rows: FloatArray, start: int) -> Any:
+        """Store ``rows`` at row ``start``; return a token for :meth:`merge`."""
+        ...
+
+    def merge(self, tokens: list[Any]) -> Any:
+        """Fold the tokens of several writes (in the order given) into one."""
+        ...
+
+
+@runtime_checkable
 class URawSink(Protocol):
     """Where the rows of ``U_raw`` go during the final pass.
 
-    ``lazy_store`` receives ``U_raw`` as a lazy Dask array, row-chunked like the
-    data, and returns a Dask collection (for example from
-    ``da.store(..., compute=False)``) that is computed in the *same*
-    ``dask.compute`` call as the rest of the final pass, so the data is read
-    once. ``finish`` then receives what that collection computed to. With a
-    rank rule that grows the sketch, both are called once per attempt; the last
-    call holds the accepted ``U_raw`` (the fit's ``t`` pairs with it).
+    ``open`` is called before each final pass with ``U_raw``'s shape and returns
+    the :class:`BlockWriter` the tasks use; ``finish`` receives the token the
+    whole pass merged to. With a rank rule that grows the sketch, both are
+    called once per attempt; the last call holds the accepted ``U_raw`` (the
+    fit's ``t`` pairs with it).
     """
 
-    def lazy_store(self, z: da.Array) -> Any:
-        """Return a lazy collection that stores ``z``."""
+    def open(self, shape: tuple[int, int]) -> BlockWriter:
+        """Prepare an ``U_raw`` of ``shape`` (float64) and return its writer."""
         ...
 
-    def finish(self, computed: Any) -> None:
-        """Receive the computed value of the collection from :meth:`lazy_store`."""
+    def finish(self, token: Any) -> None:
+        """Receive the merged token of the final pass."""
         ...
 
 
@@ -273,31 +291,40 @@ def _run_passes(
     label = f"pass {len(timings) + 1} (final, l={width})"
     start = time.perf_counter()
     q_d, shift_d = share(q), share(shift)
-    outs = [delayed(final_block, nout=2)(b, q_d, shift_d, center) for b in blocks]
-    objs: list[Any] = [tree_reduce([o[1] for o in outs], combine)]
-    # No low-level fusion: a sink that takes ``z.to_delayed()`` (optimized) would fuse
-    # each final_block task under a new key, and every block would be computed twice
-    # (once for the sums, once for U_raw): twice the CPU and the peak memory.
-    with dask.config.set({"optimization.fuse.active": False}):
-        if sink is not None:
-            cols = width + int(center)
-            z = da.concatenate(
-                [
-                    da.from_delayed(o[0], shape=(rows, cols), dtype=np.float64)
-                    for o, rows in zip(outs, a.chunks[0], strict=True)
-                ]
-            )
-            objs.append(sink.lazy_store(z))
-        results = compute_pass(objs, progress=progress, label=label)
+    writer = sink.open((a.shape[0], width + int(center))) if sink is not None else None
+    starts = np.concatenate([[0], np.cumsum(a.chunks[0])]).astype(int)
+    outs = [
+        delayed(_final_task, pure=True)(b, q_d, shift_d, center, int(starts[i]), writer)
+        for i, b in enumerate(blocks)
+    ]
+    root = tree_reduce(outs, functools.partial(_combine_final, writer=writer))
+    ((final, token),) = compute_pass([root], progress=progress, label=label)
     if sink is not None:
-        sink.finish(results[1])
-    del outs, objs, q_d
-    final: BlockSums = results[0]
-    del results
+        sink.finish(token)
+    del outs, root, q_d
     r, y, energy, mean, c = finish_final_pass(final, q, center, shift)
     sketch = sketch_svd(r, y)
     timings[label] = time.perf_counter() - start
     return _Attempt(sketch, energy, final.rows, mean, c, iters + 1)
+
+
+def _final_task(
+    block: Any,
+    q: FloatArray,
+    shift: FloatArray | None,
+    ones: bool,
+    start: int,
+    writer: BlockWriter | None,
+) -> tuple[BlockSums, Any]:
+    z, sums = final_block(block, q, shift, ones)
+    return sums, (writer.write(z, start) if writer is not None else None)
+
+
+def _combine_final(
+    parts: list[tuple[BlockSums, Any]], writer: BlockWriter | None
+) -> tuple[BlockSums, Any]:
+    sums = combine([p[0] for p in parts])
+    return sums, (writer.merge([p[1] for p in parts]) if writer is not None else None)
 
 
 def fit_array(

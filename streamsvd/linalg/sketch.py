@@ -45,7 +45,7 @@ import scipy.sparse
 from numpy.typing import NDArray
 
 from streamsvd.linalg.signs import fix_signs
-from streamsvd.linalg.tsqr import block_r, merge_r, pad_r
+from streamsvd.linalg.tsqr import block_r, merge_r, pad_r, sliced_r
 
 FloatArray = NDArray[np.float64]
 
@@ -61,6 +61,11 @@ DEFAULT_RCOND = float(np.sqrt(np.finfo(np.float64).eps))
 
 #: Rows per slice of the TSQR inside one sparse block (:func:`final_block`).
 _R_SLICE_ROWS = 65536
+#: Bytes of a row slice in the dense block kernels. Both products of a slice
+#: (``A_s Q``, then ``Z_sᵀ A_s``) run while the slice is in L2 cache: the two
+#: products of a whole 32 MiB block each streamed it from memory, and took 1.6×
+#: (float32) to 1.7× (float64, cast included) as long on the fit benchmark's blocks.
+_SLICE_BYTES = 2 * 1024 * 1024
 #: ``Y`` larger than this (bytes) is factored through a QR of ``Bᵀ`` (:func:`sketch_svd`).
 _TALL_SVD_BYTES = 64 * 1024 * 1024
 
@@ -213,8 +218,7 @@ def _sparse_final(
     if ones:
         z = np.hstack([z, np.ones((rows, 1))])
     # R of z by TSQR over row slices: O(slice × width) extra memory instead of a copy of z.
-    step = _R_SLICE_ROWS
-    r = merge_r([block_r(z[i : i + step]) for i in range(0, rows, step)]) if rows else block_r(z)
+    r = sliced_r(z, _R_SLICE_ROWS)
     sums = BlockSums(y=y, colsum=colsum, rows=rows, sqnorm=max(sqnorm, 0.0), r=r)
     return z, sums
 
@@ -228,23 +232,29 @@ def power_block(
     """Kernel of one power-iteration pass on one row block.
 
     Computes ``A_iᵀ(A_i Q)`` with ``A_i`` the block minus ``shift`` (in ``dtype``;
-    returned as float64) and the column sums of the shifted block (float64).
-    Memory: the block in ``dtype`` plus ``(n_rows_i + n_cols) × width``. A
+    accumulated in float64 over row slices) and the column sums of the shifted
+    block (float64). Memory: the block as given, one slice of about 2 MiB in
+    ``dtype`` and ``n_cols × width`` float64. A
     scipy.sparse block is never densified (products with its stored values only)
     and is always computed in float64 (see ``_sparse_power``).
     """
     if is_sparse_block(block):
         return _sparse_power(block, q, shift)
-    raw = dense_block(block, dtype)
-    rows = raw.shape[0]
-    colsum = raw.sum(axis=0, dtype=np.float64)
-    a = raw
-    if shift is not None:
-        a = raw - shift.astype(dtype)
-        colsum = colsum - rows * shift
+    raw = np.asarray(block)
+    rows, n_cols = raw.shape
     qd = np.asarray(q, dtype=dtype)
-    y = (a.T @ (a @ qd)).astype(np.float64, copy=False)
-    return BlockSums(y=y, colsum=colsum, rows=rows)
+    shift_d = None if shift is None else shift.astype(dtype)
+    colsum = np.zeros(n_cols)
+    yt = np.zeros((qd.shape[1], n_cols))
+    for rows_slice in _slices(rows, n_cols, dtype):
+        colsum += raw[rows_slice].sum(axis=0, dtype=np.float64)
+        a = np.asarray(raw[rows_slice], dtype=dtype)
+        if shift_d is not None:
+            a = a - shift_d
+        yt += (a @ qd).T @ a
+    if shift is not None:
+        colsum -= rows * shift
+    return BlockSums(y=yt.T, colsum=colsum, rows=rows)
 
 
 def final_block(
@@ -258,27 +268,38 @@ def final_block(
     Returns ``(z, sums)``: ``z = [A_i Q]`` or ``[A_i Q, 1]`` when ``ones`` (the
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
     column sums, ``‖A_i‖_F²`` and the R factor of ``z``; ``A_i`` is the block minus
-    ``shift``. Memory: the block in float64 plus ``(n_rows_i + n_cols) × width``.
-    A scipy.sparse block is never densified (products with its stored values only).
+    ``shift``. Memory: the block as given, one slice of about 2 MiB in float64 and
+    ``(n_rows_i + n_cols) × width`` float64. A scipy.sparse block is never
+    densified (products with its stored values only).
     """
     if is_sparse_block(block):
         return _sparse_final(block, q, shift, ones)
-    a = dense_block(block, np.float64)
-    if shift is not None:
-        a = a - shift
-    rows = a.shape[0]
-    z = a @ q
-    y = a.T @ z
+    raw = np.asarray(block)
+    rows, n_cols = raw.shape
+    width = q.shape[1]
+    z = np.empty((rows, width + int(ones)))
+    colsum = np.zeros(n_cols)
+    sqnorm = 0.0
+    yt = np.zeros((width, n_cols))
+    for rows_slice in _slices(rows, n_cols, np.float64):
+        a = np.asarray(raw[rows_slice], dtype=np.float64)
+        if shift is not None:
+            a = a - shift
+        colsum += a.sum(axis=0)
+        sqnorm += float(np.einsum("ij,ij->", a, a))
+        z_slice = a @ q
+        z[rows_slice, :width] = z_slice
+        yt += z_slice.T @ a
     if ones:
-        z = np.hstack([z, np.ones((rows, 1))])
-    sums = BlockSums(
-        y=y,
-        colsum=a.sum(axis=0),
-        rows=rows,
-        sqnorm=float(np.einsum("ij,ij->", a, a)),
-        r=block_r(z),
-    )
+        z[:, width] = 1.0
+    sums = BlockSums(y=yt.T, colsum=colsum, rows=rows, sqnorm=sqnorm, r=sliced_r(z))
     return z, sums
+
+
+def _slices(rows: int, n_cols: int, dtype: type[np.floating]) -> list[slice]:
+    """Row slices of about :data:`_SLICE_BYTES` each (at least 16 rows)."""
+    step = max(16, _SLICE_BYTES // max(1, n_cols * np.dtype(dtype).itemsize))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 def combine(parts: Sequence[BlockSums]) -> BlockSums:

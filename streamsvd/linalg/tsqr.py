@@ -50,6 +50,19 @@ def block_r(z: NDArray[np.floating]) -> FloatArray:
     return r
 
 
+def sliced_r(z: NDArray[np.floating], slice_rows: int = 1024) -> FloatArray:
+    """R factor of a tall block by TSQR over row slices of ``slice_rows``.
+
+    Same result as :func:`block_r` up to rounding (and signs of rows of R), about
+    twice as fast on tall skinny blocks: a slice stays in cache through its
+    Householder sweeps, a whole block streams from memory once per panel.
+    """
+    rows = z.shape[0]
+    if rows <= slice_rows:
+        return block_r(z)
+    return merge_r([block_r(z[i : i + slice_rows]) for i in range(0, rows, slice_rows)])
+
+
 def merge_r(factors: Sequence[NDArray[np.floating]]) -> FloatArray:
     """R factor of the vertical stack of blocks whose R factors are given.
 

@@ -6,8 +6,9 @@ rewriting old rows. The factors are written in the same commit as the data
 they describe, so readers see old or new factors, never a mix.
 
 ``U_raw`` is written by Dask tasks through Icechunk fork sessions: a
-coordinator fork creates the array, every task writes its rows in its own copy
-of that fork, and the copies are merged back in a tree before the one commit.
+coordinator fork creates the array, every final-pass task writes its rows in
+its own copy of that fork, and the copies are merged up the pass's reduction
+tree before the one commit.
 (Forks that each create the array would silently drop each other's chunks;
 ``tests/test_fit_store.py`` guards this.)
 """
@@ -55,11 +56,11 @@ class StoredFactors:
 class URawWriter:
     """Writes the rows of ``U_raw`` from Dask tasks into a writable session.
 
-    Implements the engine's sink protocol: :meth:`lazy_store` returns a Dask
-    collection computed in the same pass as the rest of the fit; :meth:`finish`
-    collects what the tasks wrote. A fit that grows its sketch calls both once
-    per attempt; only the last attempt is kept. :meth:`merge_into_session` then
-    moves it into the session, before the commit.
+    Implements the engine's sink protocol: :meth:`open` creates the array in a
+    coordinator fork and returns a :class:`ForkWriter` that the final-pass tasks
+    use on the workers; :meth:`finish` receives the forks they merged. A fit that
+    grows its sketch calls both once per attempt; only the last attempt is kept.
+    :meth:`merge_into_session` then moves it into the session, before the commit.
     """
 
     def __init__(self, session: Any, *, chunk_rows: int) -> None:
@@ -68,36 +69,21 @@ class URawWriter:
         self._coordinator: Any = None
         self._done: Any = None
 
-    def lazy_store(self, z: Any) -> Any:
-        import dask
-
+    def open(self, shape: tuple[int, int]) -> ForkWriter:
         self._coordinator = self._session.fork()
         group = zarr.open_group(self._coordinator.store, mode="a")
         if layout.FACTORS in group:
             del group[layout.FACTORS]
         group.create_array(
             f"{layout.FACTORS}/{U_RAW}",
-            shape=z.shape,
-            chunks=(self._chunk_rows, z.shape[1]),
+            shape=shape,
+            chunks=(self._chunk_rows, shape[1]),
             dtype="float64",
             fill_value=0.0,
             compressors=None,
             dimension_names=("row", "component"),
         )
-        fork_bytes = pickle.dumps(self._coordinator)
-        starts = np.concatenate([[0], np.cumsum(z.chunks[0])])
-        blocks = z.to_delayed().ravel()
-        written = [
-            dask.delayed(_write_rows, pure=True)(block, int(starts[i]), fork_bytes)
-            for i, block in enumerate(blocks)
-        ]
-        # Merge the forks pairwise up a tree: no task holds more than two.
-        while len(written) > 1:
-            written = [
-                dask.delayed(_merge_forks, pure=True)(*written[i : i + 2])
-                for i in range(0, len(written), 2)
-            ]
-        return written[0]
+        return ForkWriter(pickle.dumps(self._coordinator))
 
     def finish(self, merged: Any) -> None:
         self._coordinator.merge(merged)
@@ -110,19 +96,28 @@ class URawWriter:
         self._session.merge(self._done)
 
 
-def _write_rows(block: np.ndarray, start: int, fork_bytes: bytes) -> Any:
-    # The bytes are our own fork session, made in this process tree; nothing
-    # untrusted is unpickled here.
-    fork = pickle.loads(fork_bytes)
-    array = zarr.open_array(fork.store, path=f"{layout.FACTORS}/{U_RAW}", mode="a")
-    array[start : start + block.shape[0]] = block
-    return fork
+@dataclass(frozen=True)
+class ForkWriter:
+    """Writes rows of ``U_raw`` into its own copy of the coordinator fork.
 
+    Every :meth:`write` unpickles a fresh copy of the fork (the bytes are our
+    own session, made in this process tree: nothing untrusted is unpickled) and
+    returns it; :meth:`merge` folds such copies into the first one.
+    """
 
-def _merge_forks(first: Any, second: Any = None) -> Any:
-    if second is not None:
-        first.merge(second)
-    return first
+    fork_bytes: bytes
+
+    def write(self, rows: np.ndarray, start: int) -> Any:
+        fork = pickle.loads(self.fork_bytes)
+        array = zarr.open_array(fork.store, path=f"{layout.FACTORS}/{U_RAW}", mode="a")
+        array[start : start + rows.shape[0]] = rows
+        return fork
+
+    def merge(self, forks: list[Any]) -> Any:
+        first = forks[0]
+        for other in forks[1:]:
+            first.merge(other)
+        return first
 
 
 def write_small_factors(

@@ -68,7 +68,9 @@ class IngestOptions:
     dtype : str, optional
         ``float32`` or ``float64`` for a new store (default: from the first source).
     codec : str
-        Compression of a new store: ``zstd`` (default), ``lz4`` or ``none``.
+        Compression of a new store: ``auto`` (default: lz4 when it shrinks the first
+        rows by 20 % or more, else none; see :func:`streamsvd.store.layout.resolve_codec`),
+        ``lz4``, ``zstd`` or ``none``.
     nan : str
         ``reject`` (default) NaN/Inf, ``zero`` them, or ``drop`` their rows.
     memory_budget : int
@@ -303,9 +305,9 @@ def ingest_into(
             chunk_rows = options.chunk_rows or layout.default_chunk_rows(
                 first.n_cols, np.dtype(dtype).itemsize
             )
-            meta = MatrixMeta(
-                n_cols=first.n_cols, dtype=dtype, chunk_rows=chunk_rows, codec=options.codec
-            )
+            sample = _first_rows(first, chunk_rows, dtype) if options.codec == "auto" else None
+            codec = layout.resolve_codec(options.codec, sample)
+            meta = MatrixMeta(n_cols=first.n_cols, dtype=dtype, chunk_rows=chunk_rows, codec=codec)
             init_matrix(group, meta)
         array = matrix_array(group)
         checkpoints.reached("after-open")
@@ -318,6 +320,21 @@ def ingest_into(
         for _, _, source in opened:
             source.close()
     return partial
+
+
+def _first_rows(source: Source, rows: int, dtype: str) -> np.ndarray | None:
+    """Up to ``rows`` first rows of ``source`` in ``dtype`` (a sample for the codec)."""
+    blocks = source.blocks(rows)
+    try:
+        block = next(blocks, None)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+    if block is None:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(block.data, dtype=dtype)
 
 
 def _ingest_one(
