@@ -62,3 +62,16 @@ def test_cluster_address_passes_non_local_through() -> None:
         with cluster_address(name) as address:
             results.append(address)
     assert results == ["threads", "tcp://host:8786"]
+
+
+def test_embedded_cluster_runs_without_profiler_and_stealing() -> None:
+    with dask_client(None) as client:
+        cluster = client.cluster
+        worker = next(iter(cluster.workers.values()))
+        assert "stealing" not in cluster.scheduler.extensions
+        assert not any("profile" in name for name in worker.periodic_callbacks)
+        assert client.submit(sum, [1, 2]).result() == 3
+    import dask
+
+    # The settings were scoped to the cluster's start, not left in the global config.
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -71,7 +71,7 @@ def test_unknown_key_names_key_file_and_allowed(tmp_path: Path) -> None:
 def test_bad_values_name_key_and_allowed_values(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("store:\n  codec: gzip\nsvd:\n  rank: lots\n")
-    with pytest.raises(ConfigError, match=r"'store\.codec': Input should be 'auto', 'lz4', 'zstd' or"):
+    with pytest.raises(ConfigError, match=r"'store\.codec': Input should be 'auto', 'lz4'"):
         load_settings(path)
     path.write_text("svd:\n  rank: lots\n")
     with pytest.raises(ConfigError, match=r"'svd\.rank'.*'energy:x'"):

@@ -292,7 +292,7 @@ def final_block(
         yt += z_slice.T @ a
     if ones:
         z[:, width] = 1.0
-    sums = BlockSums(y=yt.T, colsum=colsum, rows=rows, sqnorm=sqnorm, r=sliced_r(z))
+    sums = BlockSums(y=yt.T, colsum=colsum, rows=rows, sqnorm=sqnorm, r=block_r(z))
     return z, sums
 
 
