@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 import scipy.sparse
 import zarr
+from threadpoolctl import threadpool_limits
 
 from streamsvd.engine.tree_update import should_run_parallel, tree_fold_in
 from streamsvd.errors import ConfigError, NoFactorsError
@@ -190,7 +191,14 @@ def update(
     policy = RefitPolicy.parse(refit_above)
     started = time.perf_counter()
     items = resolve_sources(sources)
-    with Store.open_for_writing(store, create=False) as opened:
+    # One BLAS thread: the update's products are many and mid-sized, and OpenBLAS's
+    # second thread spun between them on the core that the ingest's writer needs. A
+    # 50,000-row batch took 0.8-1.3 s (1.0-1.7 CPU-s) this way against 1.1-1.7 s
+    # (2.0-3.1 CPU-s) with two BLAS threads (benchmarks/update.py's data, 2 cores).
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        Store.open_for_writing(store, create=False) as opened,
+    ):
         if not opened.is_initialized():
             raise NoFactorsError(
                 f"store {opened.location} holds no data yet; ingest rows and fit first"
@@ -382,7 +390,7 @@ def _append(state: _State, rows: np.ndarray, forget: float, sketch_above: int | 
         state.ones = centred.updated_ones
         result = centred
     else:
-        rows = np.asarray(rows, dtype=np.float64)
+        rows = np.asarray(rows)  # float32 stays float32: append_rows casts it by slices
         result = append_rows(
             state.t,
             state.s,

@@ -748,3 +748,39 @@ def test_weak_directions_fall_back_after_the_orthogonality_check(
     new = state.apply(res)
     assert orth_defect(new.u) < 1e-12
     np.testing.assert_allclose(new.reconstruct(), np.vstack([a, batch]), rtol=0, atol=1e-11)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(3, 40),
+    sizes=st.lists(st.integers(1, 400), min_size=1, max_size=4),
+    slice_rows=st.sampled_from([1, 7, 64, 10_000]),
+)
+def test_float32_batches_are_exact_in_float64(
+    seed: int, n: int, sizes: list[int], slice_rows: int
+) -> None:
+    """float32 rows go through the update without a float64 copy (cast per slice): the
+    result must be the float64 update of the same values, whatever the slicing."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("streamsvd.linalg.tall._CAST_SLICE_BYTES", slice_rows * n * 8)
+        check_float32_batches(seed, n, sizes)
+
+
+def check_float32_batches(seed: int, n: int, sizes: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((30 + sum(sizes), n)) * np.geomspace(10, 0.1, n)).astype(np.float32)
+    a64 = a.astype(np.float64)
+    state32 = state64 = Lazy.fit(a64[:30], n)
+    for lo, hi in split_points(a.shape[0], [30, *sizes])[1:]:
+        state32 = state32.append(a[lo:hi], rank=n)  # the rank may grow when n > 30
+        state64 = state64.append(a64[lo:hi], rank=n)
+    s_ref = np.linalg.svd(a64, compute_uv=False)
+    # Both are float64 arithmetic on the same values: they agree to rounding (the
+    # float32 path only regroups the sums), and both match LAPACK on A as in
+    # test_no_truncation_matches_lapack.
+    np.testing.assert_allclose(state32.s, state64.s, rtol=0, atol=1e-12 * s_ref[0])
+    np.testing.assert_allclose(state32.s, s_ref[: state32.s.size], rtol=0, atol=1e-10 * s_ref[0])
+    assert state32.energy == pytest.approx(float(np.sum(a64 * a64)), rel=1e-13)
+    np.testing.assert_allclose(state32.reconstruct(), a64, rtol=0, atol=1e-9 * s_ref[0])
+    assert orth_defect(state32.u) < 1e-10

@@ -78,14 +78,19 @@ _CHOLQR_ORTH_TOL = 1e-13
 # --------------------------------------------------------------------------- checks
 
 
-def _as_matrix(x: ArrayLike, name: str) -> Array:
-    arr = np.asarray(x, dtype=np.float64)
+def _as_matrix(x: ArrayLike, name: str, *, keep_float32: bool = False) -> Array:
+    """``x`` as a float64 matrix (float32 kept as it is with ``keep_float32``), finite."""
+    arr = np.asarray(x)
+    if not (keep_float32 and arr.dtype == np.float32):
+        arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2:
         raise InvalidInputError(
             f"{name} must be a 2-D array; got {arr.ndim} dimension(s) with shape {arr.shape}. "
             "Pass a matrix (reshape a single row with x[None, :])."
         )
-    if not np.all(np.isfinite(arr)):
+    # One pass without a temporary: a finite float64 sum means no NaN/Inf (an overflow
+    # of the sum alone sends it to the exact check).
+    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.all(np.isfinite(arr)):
         raise InvalidInputError(
             f"{name} must hold finite numbers; found NaN or Inf. Clean the input first."
         )

@@ -46,6 +46,45 @@ Array = NDArray[np.float64]
 
 #: Largest estimated ``cond(R)`` (1-norm) for which the Cholesky QR is used.
 _CHOLQR_MAX_COND = 1e6
+#: Bytes of float64 per slice when a float32 block is cast piecewise (:func:`gram`, ...).
+_CAST_SLICE_BYTES = 8 * 1024 * 1024
+
+
+def _cast_slices(block: NDArray[np.floating]) -> list[slice]:
+    step = max(64, _CAST_SLICE_BYTES // max(1, block.shape[1] * 8))
+    return [slice(i, i + step) for i in range(0, block.shape[0], step)]
+
+
+def gram(block: NDArray[np.floating]) -> Array:
+    """``blockᵀ block`` in float64 (``syrk``); a float32 block is cast a slice at a time."""
+    if block.dtype == np.float64:
+        return block.T @ block  # numpy uses syrk for this product
+    out = np.zeros((block.shape[1], block.shape[1]))
+    for rows in _cast_slices(block):
+        part = np.asarray(block[rows], dtype=np.float64)
+        out += part.T @ part
+    return out
+
+
+def times(block: NDArray[np.floating], x: Array) -> Array:
+    """``block @ x`` in float64; a float32 block is cast a slice at a time."""
+    if block.dtype == np.float64:
+        return np.asarray(block @ x, dtype=np.float64)
+    out = np.empty((block.shape[0], x.shape[1]))
+    for rows in _cast_slices(block):
+        out[rows] = np.asarray(block[rows], dtype=np.float64) @ x
+    return out
+
+
+def squared_norm(block: NDArray[np.floating]) -> float:
+    """``‖block‖_F²`` accumulated in float64 (a float32 block cast a slice at a time)."""
+    if block.dtype == np.float64:
+        return float(np.einsum("ij,ij->", block, block))
+    total = 0.0
+    for rows in _cast_slices(block):
+        part = np.asarray(block[rows], dtype=np.float64)
+        total += float(np.einsum("ij,ij->", part, part))
+    return total
 
 
 @dataclass(frozen=True)
@@ -85,7 +124,7 @@ class _CholeskyRows:
     def apply(self, x: Array) -> Array:
         """``Q @ x = block @ (r⁻¹ x)`` for ``x`` of shape ``(n, q)``."""
         z = sla.solve_triangular(self.r, x, check_finite=False)
-        return np.asarray(self.block @ z, dtype=np.float64)
+        return times(self.block, z)
 
 
 _RowCompression = _HouseholderRows | _CholeskyRows
@@ -105,15 +144,15 @@ def _cholesky_rows(block: Array, *, max_cond: float | None = None) -> _CholeskyR
     """Cholesky QR of a tall ``p × n`` block, or ``None`` when ``blockᵀ block`` is not
     numerically positive definite or ``cond(r)`` (``trcon`` estimate) exceeds
     ``max_cond`` (default ``_CHOLQR_MAX_COND``). One ``syrk`` pass over the block (C or
-    Fortran order), no copy of it."""
+    Fortran order, float64, or float32 cast a slice at a time), no copy of it."""
     if max_cond is None:
         max_cond = _CHOLQR_MAX_COND
     with np.errstate(over="ignore", invalid="ignore"):
-        gram = block.T @ block  # numpy uses syrk for this product
-    if not np.isfinite(np.trace(gram)):  # overflow (a finite trace bounds every |G_ij|)
+        g = gram(block)
+    if not np.isfinite(np.trace(g)):  # overflow (a finite trace bounds every |G_ij|)
         return None
-    # gram is symmetric: its transpose is a Fortran-ordered view that potrf overwrites
-    r, info = lapack.dpotrf(gram.T, lower=0, clean=1, overwrite_a=1)
+    # g is symmetric: its transpose is a Fortran-ordered view that potrf overwrites
+    r, info = lapack.dpotrf(g.T, lower=0, clean=1, overwrite_a=1)
     if info > 0:  # not positive definite in floating point: (near) rank deficient
         return None
     if info < 0:  # pragma: no cover - only on invalid arguments

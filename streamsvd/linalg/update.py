@@ -48,6 +48,7 @@ from streamsvd.linalg.merge import (
     _LazyRows,
     relative_error,
 )
+from streamsvd.linalg.tall import squared_norm
 
 __all__ = ["RowAppend", "append_rows", "sketch_rows"]
 
@@ -106,8 +107,8 @@ def _check_state(
     return t_arr, s_arr, vt_arr
 
 
-def _check_rows(new_rows: ArrayLike, n_cols: int) -> Array:
-    rows = _as_matrix(new_rows, "new_rows")
+def _check_rows(new_rows: ArrayLike, n_cols: int, *, keep_float32: bool = False) -> Array:
+    rows = _as_matrix(new_rows, "new_rows", keep_float32=keep_float32)
     if rows.shape[1] != n_cols:
         raise ShapeMismatchError(
             f"new_rows must have {n_cols} columns like the state; got shape {rows.shape}. "
@@ -180,7 +181,7 @@ def _result(
     core: _Core, lazy: _LazyRows, gamma: float, last_energy: float, rows: Array, *, sketched: bool
 ) -> RowAppend:
     """The :class:`RowAppend` of a finished step; ``energy' = γ² energy + ‖B‖_F²``."""
-    energy = gamma**2 * float(last_energy) + float(np.einsum("ij,ij->", rows, rows))
+    energy = gamma**2 * float(last_energy) + squared_norm(rows)
     return RowAppend(
         updated_t=lazy.coef,
         updated_s=core.s,
@@ -254,6 +255,8 @@ def append_rows(
         ``‖A‖_F²`` of everything seen (γ-weighted).
     new_rows : array_like, shape (b, n_cols)
         The batch; ``b = 0`` is a no-op that returns the state unchanged (no forgetting).
+        float32 rows are used as they are (cast to float64 a slice at a time, all sums in
+        float64); other types are converted to float64.
     rank : int, optional
         Rank after the update, default ``k``; larger values grow the rank up to ``k + r``.
     forget : float, default 1.0
@@ -294,7 +297,9 @@ def append_rows(
     True
     """
     t, s, vt = _check_state(last_t, last_s, last_vt, last_energy)
-    rows = _check_rows(new_rows, vt.shape[1])
+    # float32 rows stay float32: the kernels that touch the whole batch cast them to
+    # float64 a slice at a time (streamsvd.linalg.tall), so no float64 copy is made.
+    rows = _check_rows(new_rows, vt.shape[1], keep_float32=True)
     gamma = _check_forget(forget)
     k_new = _check_rank(rank, s.shape[0])
     if rows.shape[0] == 0:
