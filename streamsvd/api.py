@@ -454,7 +454,7 @@ def export(
     group.create_array("Vt", data=np.ascontiguousarray(factors.vt[:k]))
     if factors.mean is not None:
         group.create_array("mean", data=factors.mean)
-    group.attrs.update(
+    group.update_attributes(
         {
             "rank": k,
             "rows": int(u.shape[0]),

@@ -895,7 +895,7 @@ class _ZarrOutput(_Output):
         self._array[self.rows : stop] = block
 
     def close(self, attrs: dict[str, Any]) -> None:
-        self._array.attrs.update(attrs)
+        self._array.update_attributes(attrs)
 
 
 _OUTPUTS: dict[str, type[_Output]] = {

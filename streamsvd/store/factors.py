@@ -145,7 +145,9 @@ def write_small_factors(
             name, shape=value.shape, dtype="float64", chunks=value.shape or (1,), fill_value=0.0
         )
         array[...] = value
-    factors.attrs.update(attrs)
+    # One metadata write: attrs.update() would rewrite the whole (growing) record once
+    # per key, 18 times per update (2.5 ms each after a few hundred updates).
+    factors.update_attributes(attrs)
 
 
 def read_factors(group: zarr.Group) -> StoredFactors:
