@@ -4,7 +4,7 @@ The public API; see the README for a tour.
 
 >>> import streamsvd
 >>> sorted(streamsvd.__all__)[:3]
-['Factors', 'IngestOptions', 'OutputReport']
+['Factors', 'GarbageReport', 'IngestOptions']
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ from streamsvd.projection import (
 )
 from streamsvd.recommendation import evaluate_recall, recommend
 from streamsvd.report import ReportPaths, write_report
+from streamsvd.store.cleanup import GarbageReport, collect_garbage
 from streamsvd.store.info import store_info as info
 from streamsvd.store.ingest import IngestOptions, ingest
 
 __all__ = [
     "Factors",
+    "GarbageReport",
     "IngestOptions",
     "OutputReport",
     "ReportPaths",
     "UpdateReport",
     "VerifyReport",
+    "collect_garbage",
     "compression_table",
     "errors",
     "evaluate_recall",

@@ -185,6 +185,26 @@ def log(store: StoreArg) -> None:
     console.print(table)
 
 
+@app.command()
+def gc(
+    store: StoreArg,
+    older_than: Annotated[
+        float,
+        typer.Option(help="Keep the versions of the last this many days (0: only the newest)."),
+    ] = 7.0,
+) -> None:
+    """Expire versions older than --older-than days and delete files no version uses."""
+    from streamsvd.store.cleanup import collect_garbage
+
+    with _errors_to_exit():
+        report = collect_garbage(store, older_than_days=older_than)
+    console.print(
+        f"{report.store}: expired {report.versions_expired} version(s) committed before "
+        f"{report.older_than:%Y-%m-%d %H:%M:%S} UTC, kept {report.versions_kept}; deleted "
+        f"{report.files_deleted} file(s), {report.bytes_deleted / 1e6:,.1f} MB"
+    )
+
+
 SchedulerOpt = Annotated[
     str,
     typer.Option(

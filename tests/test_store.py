@@ -263,3 +263,34 @@ def test_auto_codec_compresses_only_data_that_shrinks(
     fixed = IngestOptions(codec="zstd")
     ingest(tmp_path / "fixed", [write_npy(tmp_path / "fixed.npy", noise)], options=fixed)
     assert store_info(tmp_path / "fixed")["codec"] == "zstd"
+
+
+def test_gc_removes_old_factors_and_orphans_but_keeps_the_newest(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    from typer.testing import CliRunner
+
+    import streamsvd
+    from streamsvd.cli import app
+
+    store = tmp_path / "s"
+    data = rng.standard_normal((300, 12))
+    ingest(store, [write_npy(tmp_path / "a.npy", data)])
+    for seed in (1, 2):  # two fits: the first one's U_raw is garbage once expired
+        streamsvd.fit(store, rank=3, seed=seed, scheduler="sync")
+    before = streamsvd.open_factors(store)
+    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    result = CliRunner().invoke(app, ["gc", str(store), "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert "expired" in result.output
+    assert "deleted" in result.output
+    after = streamsvd.open_factors(store)
+    np.testing.assert_array_equal(after.s, before.s)
+    np.testing.assert_array_equal(np.asarray(after.u), np.asarray(before.u))
+    np.testing.assert_array_equal(stored_rows(store), data)
+    assert len(Store.open(store).versions()) == 2  # the newest and the empty first one
+    assert sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) < size
+    assert streamsvd.verify(store, scheduler="sync").ok
+    bad = CliRunner().invoke(app, ["gc", str(store), "--older-than", "-1"])
+    assert bad.exit_code != 0
+    assert "--older-than" in bad.output
