@@ -279,7 +279,7 @@ def _run_passes(
         label = f"pass {len(timings) + 1} (power {it + 1}/{iters}, l={width})"
         start = time.perf_counter()
         q_d, shift_d = share(q), share(shift)
-        parts = [delayed(power_block)(b, q_d, shift_d, dtype) for b in blocks]
+        parts = [delayed(power_block)(b, q_d, shift_d, dtype, center) for b in blocks]
         (sums,) = compute_pass([tree_reduce(parts, combine)], progress=progress, label=label)
         del parts, q_d  # the graph holds the old Q: free it before the next n × l arrays
         q, mean = power_step(sums, q, center, shift)

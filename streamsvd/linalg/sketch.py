@@ -228,12 +228,14 @@ def power_block(
     q: NDArray[np.floating],
     shift: FloatArray | None = None,
     dtype: type[np.floating] = np.float64,
+    colsums: bool = True,
 ) -> BlockSums:
     """Kernel of one power-iteration pass on one row block.
 
     Computes ``A_iᵀ(A_i Q)`` with ``A_i`` the block minus ``shift`` (in ``dtype``;
     accumulated in float64 over row slices) and the column sums of the shifted
-    block (float64). Memory: the block as given, one slice of about 2 MiB in
+    block (float64; zeros unless ``colsums``: only PCA mode needs them). Memory: the
+    block as given, one slice of about 2 MiB in
     ``dtype`` and ``n_cols × width`` float64. A
     scipy.sparse block is never densified (products with its stored values only)
     and is always computed in float64 (see ``_sparse_power``).
@@ -247,12 +249,13 @@ def power_block(
     colsum = np.zeros(n_cols)
     yt = np.zeros((qd.shape[1], n_cols))
     for rows_slice in _slices(rows, n_cols, dtype):
-        colsum += raw[rows_slice].sum(axis=0, dtype=np.float64)
+        if colsums:
+            colsum += raw[rows_slice].sum(axis=0, dtype=np.float64)
         a = np.asarray(raw[rows_slice], dtype=dtype)
         if shift_d is not None:
             a = a - shift_d
         yt += (a @ qd).T @ a
-    if shift is not None:
+    if shift is not None and colsums:
         colsum -= rows * shift
     return BlockSums(y=yt.T, colsum=colsum, rows=rows)
 
@@ -267,7 +270,7 @@ def final_block(
 
     Returns ``(z, sums)``: ``z = [A_i Q]`` or ``[A_i Q, 1]`` when ``ones`` (the
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
-    column sums, ``‖A_i‖_F²`` and the R factor of ``z``; ``A_i`` is the block minus
+    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and the R factor of ``z``; ``A_i`` is the block minus
     ``shift``. Memory: the block as given, one slice of about 2 MiB in float64 and
     ``(n_rows_i + n_cols) × width`` float64. A scipy.sparse block is never
     densified (products with its stored values only).
@@ -285,7 +288,8 @@ def final_block(
         a = np.asarray(raw[rows_slice], dtype=np.float64)
         if shift is not None:
             a = a - shift
-        colsum += a.sum(axis=0)
+        if ones:  # the column sums serve the mean, in PCA mode only
+            colsum += a.sum(axis=0)
         sqnorm += float(np.einsum("ij,ij->", a, a))
         z_slice = a @ q
         z[rows_slice, :width] = z_slice
