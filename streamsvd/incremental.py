@@ -37,7 +37,7 @@ from streamsvd.store.ingest import (
     ingest_into,
     resolve_sources,
 )
-from streamsvd.store.matrix import BatchRecord, matrix_array, read_meta
+from streamsvd.store.matrix import BatchRecord, RowAppender, matrix_array, read_meta
 from streamsvd.store.repository import Store
 
 #: Condition number of T above which U_raw is compacted (see linalg.compaction).
@@ -60,6 +60,7 @@ class _State:
     rows: int
     sketched: int = 0
     columns_added: int = 0
+    u_raw_writes: RowAppender | None = None  # background writes of new U_raw rows
 
 
 @dataclass(frozen=True)
@@ -218,49 +219,58 @@ def update(
                 scheduler=scheduler,
             )
 
-            # Where each batch starts and the γ applied before it: the row weights
-            # (γ^age) that `verify` needs to measure the weighted matrix.
-            forget_batches: list[list[float]] = []
+            # New rows of U_raw are written in the background while the next block is
+            # folded in (one write in flight); everything below reads U_raw after it.
+            with RowAppender(state.u_raw) as u_raw_writes:
+                state.u_raw_writes = u_raw_writes
+                # Where each batch starts and the γ applied before it: the row weights
+                # (γ^age) that `verify` needs to measure the weighted matrix.
+                forget_batches: list[list[float]] = []
 
-            def fold_in(rows: Any, start: int, first_of_batch: bool) -> None:
-                if first_of_batch and forget != 1.0:
-                    forget_batches.append([start, forget])
-                _append(state, rows, forget if first_of_batch else 1.0, sketch_above)
+                def fold_in(rows: Any, start: int, first_of_batch: bool) -> None:
+                    if first_of_batch and forget != 1.0:
+                        forget_batches.append([start, forget])
+                    _append(state, rows, forget if first_of_batch else 1.0, sketch_above)
 
-            # Rows ingested since the factors were last written: fold them in first.
-            covered = state.rows
-            caught_up = n_rows - covered
-            if caught_up > 0:
-                step = block_rows * 16
-                for start in range(covered, n_rows, step):
-                    stop = min(start + step, n_rows)
-                    if is_sparse:
-                        block: Any = sparse.read_rows(group, start, stop)
-                    else:
-                        block = np.asarray(matrix_array(group)[start:stop])
-                    fold_in(block, start, start == covered)
-            tree_record: dict[str, Any] = {}
-            if use_tree:
-                partial = ingest_into(tx, items, options, progress, created=False)
-                tree = tree_fold_in(
-                    state,
-                    items,
-                    partial.batches,
-                    options,
-                    dtype=meta.dtype,
-                    forget=forget,
-                    scheduler=scheduler,
-                )
-                if forget != 1.0:
-                    forget_batches.extend([b.row_start, forget] for b in partial.batches)
-                if tree.files:
-                    tree_record = {
-                        "parallel": True,
-                        "tree_depth": tree.depth,
-                        "tree_files": tree.files,
-                    }
-            else:
-                partial = ingest_into(tx, items, options, progress, created=False, on_block=fold_in)
+                # Rows ingested since the factors were last written: fold them in first.
+                covered = state.rows
+                caught_up = n_rows - covered
+                if caught_up > 0:
+                    step = block_rows * 16
+                    for start in range(covered, n_rows, step):
+                        stop = min(start + step, n_rows)
+                        if is_sparse:
+                            block: Any = sparse.read_rows(group, start, stop)
+                        else:
+                            block = np.asarray(matrix_array(group)[start:stop])
+                        fold_in(block, start, start == covered)
+                tree_record: dict[str, Any] = {}
+                if use_tree:
+                    u_raw_writes.flush()  # the tree writes U_raw itself
+                    state.u_raw_writes = None
+                    partial = ingest_into(tx, items, options, progress, created=False)
+                    tree = tree_fold_in(
+                        state,
+                        items,
+                        partial.batches,
+                        options,
+                        dtype=meta.dtype,
+                        forget=forget,
+                        scheduler=scheduler,
+                    )
+                    if forget != 1.0:
+                        forget_batches.extend([b.row_start, forget] for b in partial.batches)
+                    if tree.files:
+                        tree_record = {
+                            "parallel": True,
+                            "tree_depth": tree.depth,
+                            "tree_files": tree.files,
+                        }
+                else:
+                    partial = ingest_into(
+                        tx, items, options, progress, created=False, on_block=fold_in
+                    )
+            state.u_raw_writes = None
             rows_added = sum(b.rows for b in partial.batches)
             if not partial.batches and caught_up == 0:
                 return UpdateReport(
@@ -403,13 +413,19 @@ def _append(state: _State, rows: np.ndarray, forget: float, sketch_above: int | 
         )
         state.rows_seen = state.rows_seen * forget**2 + rows.shape[0]
     u_raw = state.u_raw
+    writes = state.u_raw_writes
     if result.u_raw_columns_added:
+        if writes is not None:
+            writes.flush()
         # New columns read as the fill value 0 on the old rows: nothing old is rewritten.
         u_raw.resize((u_raw.shape[0], u_raw.shape[1] + result.u_raw_columns_added))
         state.columns_added += result.u_raw_columns_added
-    start = u_raw.shape[0]
-    u_raw.resize((start + rows.shape[0], u_raw.shape[1]))
-    u_raw[start:] = result.new_u_raw_rows
+    if writes is not None:
+        writes.append(result.new_u_raw_rows)
+    else:
+        start = u_raw.shape[0]
+        u_raw.resize((start + rows.shape[0], u_raw.shape[1]))
+        u_raw[start:] = result.new_u_raw_rows
     state.t = result.updated_t
     state.s = result.updated_s
     state.vt = result.updated_vt

@@ -270,10 +270,10 @@ def final_block(
 
     Returns ``(z, sums)``: ``z = [A_i Q]`` or ``[A_i Q, 1]`` when ``ones`` (the
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
-    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and the R factor of ``z``; ``A_i`` is the block minus
-    ``shift``. Memory: the block as given, one slice of about 2 MiB in float64 and
-    ``(n_rows_i + n_cols) × width`` float64. A scipy.sparse block is never
-    densified (products with its stored values only).
+    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and the R factor of
+    ``z``; ``A_i`` is the block minus ``shift``. Memory: the block as given, one
+    slice of about 2 MiB in float64 and ``(n_rows_i + n_cols) × width`` float64. A
+    scipy.sparse block is never densified (products with its stored values only).
     """
     if is_sparse_block(block):
         return _sparse_final(block, q, shift, ones)
