@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.tasks import (
+    collect_garbage,
     drift_check,
     fit_store,
     ingest_files,
@@ -137,5 +138,8 @@ def pipeline_flow(config: str | None = None, force_refit: bool = False) -> dict[
 
 @flow(name="streamsvd-refit")
 def refit_flow(config: str | None = None) -> dict[str, Any]:
-    """The nightly refit: catch up with new files, fit in full, verify, report."""
-    return pipeline_flow(config, force_refit=True)
+    """The nightly refit: catch up with new files, fit in full, verify, report, then
+    expire versions older than ``store.keep_days`` (each fit writes a new ``U_raw``)."""
+    result = pipeline_flow(config, force_refit=True)
+    result["gc"] = collect_garbage(_settings(config))
+    return result

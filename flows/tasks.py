@@ -177,6 +177,26 @@ def verify_store(settings: Settings, scheduler: str) -> dict[str, Any]:
     }
 
 
+@task(name="gc", **RETRIES)
+def collect_garbage(settings: Settings) -> dict[str, Any]:
+    """Expire versions older than ``store.keep_days`` and delete files no version uses."""
+    days = settings.store.keep_days
+    if days is None:
+        return {"skipped": True}
+    report = streamsvd.collect_garbage(settings.store.path, older_than_days=days)
+    get_run_logger().info(
+        "gc: expired %d version(s), deleted %d file(s), %.1f MB",
+        report.versions_expired,
+        report.files_deleted,
+        report.bytes_deleted / 1e6,
+    )
+    return {
+        "versions_expired": report.versions_expired,
+        "versions_kept": report.versions_kept,
+        "bytes_deleted": report.bytes_deleted,
+    }
+
+
 @task(name="publish-report", cache_policy=NONE)
 def publish_report(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
     """Prefect artifacts: a table, a Markdown summary, and the report's plots.

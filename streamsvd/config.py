@@ -41,6 +41,12 @@ class StoreSettings(_Section):
     codec: Literal["auto", "lz4", "zstd", "none"] = Field(
         "auto", description="Compression of a new store (auto: lz4 where it shrinks the data)"
     )
+    keep_days: float | None = Field(
+        7.0,
+        ge=0,
+        description="The nightly refit expires versions older than this many days and "
+        "deletes unused files (streamsvd gc); None keeps everything",
+    )
 
 
 class SourceSettings(_Section):

@@ -133,6 +133,13 @@ def test_tasks_sequence_on_a_store(tmp_path: Path, rng: np.random.Generator) -> 
     assert verified["measured_error"] == pytest.approx(verified["recorded_error"], rel=1e-6)
     state = tasks.store_state.fn(settings)
     assert (state["has_factors"], state["rows"]) == (True, 160)
+    kept = tasks.collect_garbage.fn(
+        settings.model_copy(update={"store": settings.store.model_copy(update={"keep_days": 0.0})})
+    )
+    assert kept["versions_kept"] == 2  # the newest and the repository's empty first one
+    assert kept["bytes_deleted"] > 0  # the data and factors of the older versions
+    assert tasks.store_state.fn(settings)["rows"] == 160
+    assert tasks.collect_garbage.fn(settings)["versions_expired"] == 0  # keep_days 7: all young
 
 
 def test_serve_builds_two_scheduled_deployments_with_one_writer(tmp_path: Path) -> None:
