@@ -44,7 +44,7 @@ BLOCK_BYTES = 32 * 1024 * 1024
 
 
 def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int) -> int:
-    """Rows per Dask block: a whole number of Zarr chunks, about 64 MiB."""
+    """Rows per Dask block: a whole number of Zarr chunks, about :data:`BLOCK_BYTES`."""
     per_chunk = chunk_rows * n_cols * itemsize
     return chunk_rows * max(1, BLOCK_BYTES // max(1, per_chunk))
 
