@@ -35,6 +35,32 @@ def write_npy(path: Path, data: np.ndarray) -> Path:
     return path
 
 
+def write_triplets(path: Path, rows: object, cols: object, values: object) -> Path:
+    """``row_id, col_id, value`` triplets as CSV (``.csv``) or Parquet (otherwise)."""
+    import pyarrow as pa
+
+    table = pa.table({"row_id": rows, "col_id": cols, "value": np.asarray(values, float)})
+    if path.suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    return path
+
+
+def fitted_store(tmp: Path, data: np.ndarray, *, rank: int, center: bool = False) -> Path:
+    """A store of ``data`` (64-row chunks) with a synchronous fit of ``rank``."""
+    import streamsvd
+
+    store = tmp / "store"
+    streamsvd.ingest(store, [data], options=streamsvd.IngestOptions(chunk_rows=64))
+    streamsvd.fit(store, rank=rank, scheduler="sync", center=center)
+    return store
+
+
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys

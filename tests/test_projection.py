@@ -21,16 +21,9 @@ import streamsvd.cli_factors  # registers the commands on the app
 from streamsvd.cli import app
 from streamsvd.errors import ConfigError, InvalidInputError, ShapeMismatchError, StoreExistsError
 from streamsvd.projection import parse_rows, project, project_file, reconstruct, reconstruct_file
-from tests.conftest import write_npy
+from tests.conftest import fitted_store, write_npy
 
 ROWS, COLS = 300, 12
-
-
-def _make_store(tmp: Path, data: np.ndarray, *, rank: int, center: bool = False) -> Path:
-    store = tmp / "store"
-    streamsvd.ingest(store, [data], options=streamsvd.IngestOptions(chunk_rows=64))
-    streamsvd.fit(store, rank=rank, scheduler="sync", center=center)
-    return store
 
 
 @pytest.fixture
@@ -43,12 +36,12 @@ def noisy(rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture
 def store(tmp_path: Path, noisy: np.ndarray) -> Path:
     # rank 5 + oversample 10 ≥ 12 columns: the fit is an exact SVD (one pass).
-    return _make_store(tmp_path, noisy, rank=5)
+    return fitted_store(tmp_path, noisy, rank=5)
 
 
 @pytest.fixture
 def pca_store(tmp_path: Path, noisy: np.ndarray) -> Path:
-    return _make_store(tmp_path, noisy, rank=5, center=True)
+    return fitted_store(tmp_path, noisy, rank=5, center=True)
 
 
 def _close(actual: np.ndarray, expected: np.ndarray, tol: float = 1e-8) -> None:
@@ -80,7 +73,7 @@ def test_project_pca_mode_subtracts_mean(pca_store: Path, rng: np.random.Generat
 
 @pytest.mark.parametrize("center", [False, True])
 def test_fold_in_of_stored_rows_gives_u(tmp_path: Path, noisy: np.ndarray, center: bool) -> None:
-    store = _make_store(tmp_path, noisy, rank=5, center=center)
+    store = fitted_store(tmp_path, noisy, rank=5, center=center)
     f = streamsvd.open_factors(store)
     # A dask input keeps its row chunks.
     x = da.from_array(noisy, chunks=(50, COLS))
@@ -94,7 +87,7 @@ def test_fold_in_of_stored_rows_gives_u(tmp_path: Path, noisy: np.ndarray, cente
 def test_zero_singular_values_map_to_zero(tmp_path: Path, rng: np.random.Generator) -> None:
     # Rank 2 data, rank 4 fit: s_3, s_4 are zero up to rounding.
     data = rng.standard_normal((120, 2)) @ rng.standard_normal((2, 8))
-    store = _make_store(tmp_path, data, rank=4)
+    store = fitted_store(tmp_path, data, rank=4)
     f = streamsvd.open_factors(store)
     x = rng.standard_normal((10, 8))
     out = project(store, x).compute()
@@ -222,7 +215,7 @@ def test_reconstruct_equals_usvt(pca_store: Path) -> None:
 
 def test_reconstruct_exact_for_low_rank(tmp_path: Path, rng: np.random.Generator) -> None:
     data = rng.standard_normal((200, 3)) @ rng.standard_normal((3, 30))
-    store = _make_store(tmp_path, data, rank=4)  # rank ≥ true rank 3
+    store = fitted_store(tmp_path, data, rank=4)  # rank ≥ true rank 3
     _close(reconstruct(store, slice(None)), data)
     _close(reconstruct(store, slice(130, 131)), data[130:131])
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
@@ -21,15 +19,9 @@ from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.recommendation import evaluate_recall, recommend
 from streamsvd.store import sparse
 from streamsvd.store.repository import Store
+from tests.conftest import write_triplets
 
 TRIPLETS = streamsvd.IngestOptions(format="triplets")
-
-
-def write(path: Path, rows: object, cols: object, values: object) -> Path:
-    pq.write_table(
-        pa.table({"row_id": rows, "col_id": cols, "value": np.asarray(values, float)}), path
-    )
-    return path
 
 
 def ratings(
@@ -56,7 +48,9 @@ def test_puresvd_recall_at_10_beats_popularity(tmp_path: Path, rng: np.random.Ge
     train = np.ones(rows.size, dtype=bool)
     train[pick] = False
     store = tmp_path / "store"
-    path = write(tmp_path / "train.parquet", rows[train], cols[train], np.ones(train.sum()))
+    path = write_triplets(
+        tmp_path / "train.parquet", rows[train], cols[train], np.ones(train.sum())
+    )
     streamsvd.ingest(store, [path], options=TRIPLETS)
     streamsvd.fit(store, rank=10, power_iters=2, scheduler="sync")
     heldout = {int(rows[i]): int(cols[i]) for i in pick}
@@ -86,7 +80,9 @@ def small(tmp_path: Path, rng: np.random.Generator) -> Small:
     rows = [f"u{r}" for r in coo.row]
     cols = [f"i{c}" for c in coo.col]
     store = tmp_path / "store"
-    streamsvd.ingest(store, [write(tmp_path / "a.parquet", rows, cols, coo.data)], options=TRIPLETS)
+    streamsvd.ingest(
+        store, [write_triplets(tmp_path / "a.parquet", rows, cols, coo.data)], options=TRIPLETS
+    )
     streamsvd.fit(store, rank=4, oversample=8, scheduler="sync")
     group = Store.open(store).root()
     stored = sparse.read_rows(group, 0, sparse.n_rows(group)).toarray()
@@ -138,10 +134,12 @@ def test_recommend_errors_name_the_id(small: Small) -> None:
 def test_recommend_needs_factors_covering_the_row(tmp_path: Path) -> None:
     store = tmp_path / "store"
     streamsvd.ingest(
-        store, [write(tmp_path / "a.parquet", [1, 2], [5, 6], [1, 2])], options=TRIPLETS
+        store, [write_triplets(tmp_path / "a.parquet", [1, 2], [5, 6], [1, 2])], options=TRIPLETS
     )
     streamsvd.fit(store, rank=1, scheduler="sync")
-    streamsvd.ingest(store, [write(tmp_path / "b.parquet", [3], [7], [1])], options=TRIPLETS)
+    streamsvd.ingest(
+        store, [write_triplets(tmp_path / "b.parquet", [3], [7], [1])], options=TRIPLETS
+    )
     with pytest.raises(InvalidInputError, match="ingested after the factors were written"):
         recommend(store, row=3)
     with pytest.raises(

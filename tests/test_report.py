@@ -28,16 +28,10 @@ from streamsvd.report import (
     spectrum_data,
     write_report,
 )
+from tests.conftest import fitted_store
 
 ROWS, COLS = 240, 16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _make_store(tmp: Path, data: np.ndarray, *, rank: int, center: bool = False) -> Path:
-    store = tmp / "store"
-    streamsvd.ingest(store, [data], options=streamsvd.IngestOptions(chunk_rows=64))
-    streamsvd.fit(store, rank=rank, scheduler="sync", center=center)
-    return store
 
 
 @pytest.fixture
@@ -50,12 +44,12 @@ def noisy(rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture
 def store(tmp_path: Path, noisy: np.ndarray) -> Path:
-    return _make_store(tmp_path, noisy, rank=6)  # l = min(6 + 10, 16) = 16: exact SVD
+    return fitted_store(tmp_path, noisy, rank=6)  # l = min(6 + 10, 16) = 16: exact SVD
 
 
 @pytest.mark.parametrize("center", [False, True])
 def test_error_at_each_rank_matches_numpy(tmp_path: Path, noisy: np.ndarray, center: bool) -> None:
-    store = _make_store(tmp_path, noisy, rank=6, center=center)
+    store = fitted_store(tmp_path, noisy, rank=6, center=center)
     a = noisy - noisy.mean(axis=0) if center else noisy
     u, s, vt = np.linalg.svd(a, full_matrices=False)
     table = compression_table(store)
@@ -97,7 +91,7 @@ def test_bytes_add_up_and_monotone(store: Path) -> None:
 
 
 def test_pca_mode_counts_the_mean(tmp_path: Path, noisy: np.ndarray) -> None:
-    store = _make_store(tmp_path, noisy.astype(np.float32), rank=3, center=True)
+    store = fitted_store(tmp_path, noisy.astype(np.float32), rank=3, center=True)
     table = compression_table(store)
     assert all(row["mean_bytes"] == COLS * 8 for row in table)
     assert table[0]["data_bytes"] == ROWS * COLS * 4  # float32 store

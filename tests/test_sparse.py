@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
@@ -21,19 +19,9 @@ from streamsvd.linalg.update import append_rows
 from streamsvd.store import sparse
 from streamsvd.store.repository import Store
 from streamsvd.store.triplets import IdIndex
+from tests.conftest import write_triplets
 
 TRIPLETS = streamsvd.IngestOptions(format="triplets", chunk_rows=32)
-
-
-def write_triplets(path: Path, rows: Any, cols: Any, values: Any) -> Path:
-    table = pa.table({"row_id": rows, "col_id": cols, "value": np.asarray(values, float)})
-    if path.suffix == ".csv":
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(table, path)
-    else:
-        pq.write_table(table, path)
-    return path
 
 
 def write_matrix(path: Path, matrix: Any, *, row_offset: int = 0, prefix: str = "") -> Path:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
@@ -36,18 +34,10 @@ from streamsvd.projection import (
 from streamsvd.report import report_summary, spectrum_data, write_report
 from streamsvd.store import sparse
 from streamsvd.store.repository import Store
+from tests.conftest import write_triplets
 
 TRIPLETS = streamsvd.IngestOptions(format="triplets")
 ROWS, COLS, RANK = 120, 30, 6
-
-
-def write(path: Path, rows: object, cols: object, values: object) -> Path:
-    table = pa.table({"row_id": rows, "col_id": cols, "value": np.asarray(values, float)})
-    if path.suffix == ".csv":
-        pacsv.write_csv(table, path)
-    else:
-        pq.write_table(table, path)
-    return path
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,7 @@ def _make(tmp_path: Path, rng: np.random.Generator, *, center: bool) -> Small:
     dense[np.arange(ROWS), np.arange(ROWS) % COLS] = 1.0 + np.arange(ROWS) % 5
     coo = sp.coo_matrix(dense)
     store = tmp_path / "store"
-    path = write(
+    path = write_triplets(
         tmp_path / "ratings.parquet",
         [f"u{r}" for r in coo.row],
         [f"i{c}" for c in coo.col],
@@ -244,7 +234,7 @@ def test_project_triplets_folds_in_rows_by_id(
     _, _, vt, mean = small.reference()
     expected = (x - mean) @ vt[:RANK].T @ vt[:RANK]
 
-    path = write(tmp_path / "new.parquet", rows, cols, vals)
+    path = write_triplets(tmp_path / "new.parquet", rows, cols, vals)
     ids, coords = project_triplets(small.store, path)
     assert ids.tolist() == ["b", "u7", "a"]
     _close(_row_space(coords, small.store), expected)
@@ -255,7 +245,7 @@ def test_project_triplets_folds_in_rows_by_id(
     _close(scores, (x - (0 if f.mean is None else f.mean)) @ f.vt[:2].T)
 
     # a file, auto-detected (CSV here), with the ids in a row_id column
-    csv = write(tmp_path / "new.csv", rows, cols, vals)
+    csv = write_triplets(tmp_path / "new.csv", rows, cols, vals)
     report = project_file(small.store, csv, tmp_path / "out.parquet")
     assert (report.rows, report.cols) == (3, RANK)
     table = pq.read_table(tmp_path / "out.parquet")
@@ -266,7 +256,9 @@ def test_project_triplets_folds_in_rows_by_id(
 
 
 def test_cli_project_triplets_to_parquet(small: Small, tmp_path: Path) -> None:
-    path = write(tmp_path / "new.parquet", [10, 10, 11], ["i1", "i2", "i2"], [1.0, 2.0, 3.0])
+    path = write_triplets(
+        tmp_path / "new.parquet", [10, 10, 11], ["i1", "i2", "i2"], [1.0, 2.0, 3.0]
+    )
     out = tmp_path / "p.parquet"
     result = CliRunner().invoke(
         app,
@@ -287,31 +279,31 @@ def test_cli_project_triplets_to_parquet(small: Small, tmp_path: Path) -> None:
 
 
 def test_project_triplets_errors(small: Small, tmp_path: Path, rng: np.random.Generator) -> None:
-    unknown = write(tmp_path / "unknown.csv", ["a", "a"], ["i1", "zz"], [1.0, 2.0])
+    unknown = write_triplets(tmp_path / "unknown.csv", ["a", "a"], ["i1", "zz"], [1.0, 2.0])
     with pytest.raises(InvalidInputError, match=r"line 3 has col_id 'zz', unknown to"):
         project_triplets(small.store, unknown)
-    nan = write(tmp_path / "nan.parquet", ["a", "b"], ["i1", "i2"], [1.0, np.nan])
+    nan = write_triplets(tmp_path / "nan.parquet", ["a", "b"], ["i1", "i2"], [1.0, np.nan])
     with pytest.raises(InvalidInputError, match="row 1 holds the value nan"):
         project_triplets(small.store, nan)
-    ok = write(tmp_path / "ok.parquet", ["a"], ["i1"], [1.0])
+    ok = write_triplets(tmp_path / "ok.parquet", ["a"], ["i1"], [1.0])
     for suffix in (".npy", ".zarr"):
         with pytest.raises(ConfigError, match=r"only Parquet can hold them.*out\.parquet"):
             project_file(small.store, ok, tmp_path / f"out{suffix}")
     # a column ingested after the fit: the factors have no row of V for it yet
-    later = write(tmp_path / "later.parquet", ["v1"], ["new-item"], [1.0])
+    later = write_triplets(tmp_path / "later.parquet", ["v1"], ["new-item"], [1.0])
     streamsvd.ingest(small.store, [later], options=TRIPLETS)
-    late = write(tmp_path / "late.parquet", ["a"], ["new-item"], [1.0])
+    late = write_triplets(tmp_path / "late.parquet", ["a"], ["new-item"], [1.0])
     with pytest.raises(InvalidInputError, match="run `streamsvd update` first"):
         project_triplets(small.store, late)
     # integer col ids: a non-integer one is an unknown column too
     ints = tmp_path / "ints"
-    first = write(tmp_path / "i.parquet", [1, 2, 2], [5, 6, 7], [1.0, 2.0, 3.0])
+    first = write_triplets(tmp_path / "i.parquet", [1, 2, 2], [5, 6, 7], [1.0, 2.0, 3.0])
     streamsvd.ingest(ints, [first], options=TRIPLETS)
     streamsvd.fit(ints, rank=1, scheduler="sync")
-    bad = write(tmp_path / "bad.csv", [9, 9], ["5", "x7"], [1.0, 1.0])
+    bad = write_triplets(tmp_path / "bad.csv", [9, 9], ["5", "x7"], [1.0, 1.0])
     with pytest.raises(InvalidInputError, match=r"line 3 has col_id 'x7', unknown to .* integers"):
         project_triplets(ints, bad)
-    missing = write(tmp_path / "missing.parquet", [9, 9], [5, 99], [1.0, 1.0])
+    missing = write_triplets(tmp_path / "missing.parquet", [9, 9], [5, 99], [1.0, 1.0])
     with pytest.raises(InvalidInputError, match=r"row 1 has col_id 99, unknown to"):
         project_triplets(ints, missing)
     # triplets need a sparse store's col id map
