@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ import zarr
 
 from streamsvd.engine import fit_array, verify_array
 from streamsvd.errors import ConfigError, StoreExistsError, VerificationError
+from streamsvd.linalg.sketch import error_summary
 from streamsvd.store import layout
 from streamsvd.store.factors import (
     StoredFactors,
@@ -43,10 +44,14 @@ ABSOLUTE_ERROR_FLOOR = 1e-11
 BLOCK_BYTES = 32 * 1024 * 1024
 
 
-def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int) -> int:
-    """Rows per Dask block: a whole number of Zarr chunks, about :data:`BLOCK_BYTES`."""
+def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int, budget: int = BLOCK_BYTES) -> int:
+    """Rows per block: a whole number of chunks of ``chunk_rows`` rows, about ``budget`` bytes.
+
+    >>> block_rows_for(100, 10, 8, budget=25_000)
+    300
+    """
     per_chunk = chunk_rows * n_cols * itemsize
-    return chunk_rows * max(1, BLOCK_BYTES // max(1, per_chunk))
+    return chunk_rows * max(1, budget // max(1, per_chunk))
 
 
 def matrix_as_dask(group: zarr.Group, *, block_rows: int | None = None) -> da.Array:
@@ -233,6 +238,7 @@ class Factors:
     store: str
     version: str
     stored: StoredFactors
+    group: zarr.Group = field(repr=False)  # the version's root group (data and factors)
 
     @property
     def s(self) -> np.ndarray:
@@ -258,10 +264,18 @@ class Factors:
     def relative_error(self) -> float:
         return float(self.attrs["relative_error"])
 
-    def u_raw(self, *, block_rows: int | None = None) -> da.Array:
+    def checked_rank(self, rank: int | None) -> int:
+        """``rank`` (default: the fitted rank), checked to be in ``1 … rank``."""
+        k = self.rank if rank is None else rank
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.rank:
+            raise ConfigError(
+                f"--rank must be an integer between 1 and the fitted rank {self.rank}; got {rank!r}"
+            )
+        return int(k)
+
+    def u_raw(self) -> da.Array:
         array = self.stored.u_raw
-        rows = block_rows or array.chunks[0] * 8
-        return da.from_zarr(array, chunks=(rows, array.shape[1]))
+        return da.from_zarr(array, chunks=(array.chunks[0] * 8, array.shape[1]))
 
     @property
     def u(self) -> da.Array:
@@ -273,8 +287,11 @@ class Factors:
         )
 
 
-def open_factors(store: str | Path, *, version: str | None = None) -> Factors:
+def open_factors(store: str | Path | Factors, *, version: str | None = None) -> Factors:
     """Open the factors of a store (the newest version by default).
+
+    Factors already opened are returned as they are, so functions that take
+    either a store or its factors open it once.
 
     Examples
     --------
@@ -288,9 +305,12 @@ def open_factors(store: str | Path, *, version: str | None = None) -> Factors:
     >>> factors.u.shape, factors.s.shape, factors.vt.shape
     ((50, 2), (2,), (2, 4))
     """
+    if isinstance(store, Factors):
+        return store
     opened = Store.open(store)
     version = version or opened.current_version()
-    return Factors(str(opened.location), version, read_factors(opened.root(version)))
+    group = opened.root(version)
+    return Factors(str(opened.location), version, read_factors(group), group)
 
 
 @dataclass(frozen=True)
@@ -311,11 +331,13 @@ def verify(
     version: str | None = None,
     scheduler: str | None = None,
     orthogonality_tol: float = 1e-6,
+    check: bool = True,
 ) -> VerifyReport:
     """Measure ``‖A − U S Vᵀ‖_F / ‖A‖_F`` and the orthogonality of U and V in one pass.
 
     Raises :class:`~streamsvd.errors.VerificationError` when the measured error
-    disagrees with the recorded one, or U or V is not orthonormal, beyond tolerance.
+    disagrees with the recorded one, or U or V is not orthonormal, beyond tolerance;
+    with ``check=False`` it returns the report instead, ``ok`` saying whether they agree.
     The error comparison is on squared relative errors: both come from float64
     sums, so they agree to ``1e-6`` relative plus ``1e-11`` absolute. The
     absolute term is the round-off of the recorded value, a difference
@@ -361,7 +383,7 @@ def verify(
         ok=ok,
         tolerance=math.sqrt(tolerance),
     )
-    if not ok:
+    if check and not ok:
         raise VerificationError(
             f"store {opened.location} version {version}: recorded relative error "
             f"{recorded:.9g}, measured {measured.relative_residual:.9g}; "
@@ -431,17 +453,13 @@ def export(
     from the recorded energy). Written to a temporary directory, then renamed.
     """
     factors = open_factors(store, version=version)
-    k = factors.rank if rank is None else rank
-    if not 1 <= k <= factors.rank:
-        raise ConfigError(f"--rank must be between 1 and the fitted rank {factors.rank}; got {k}")
+    k = factors.checked_rank(rank)
     target = Path(out)
     if target.exists() and not overwrite:
         raise StoreExistsError(f"{target} exists; pass --overwrite or choose another path")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    energy = float(factors.attrs["energy"])
-    captured = float(np.sum(factors.s[:k] ** 2))
-    rel = math.sqrt(max(energy - captured, 0.0) / energy) if energy > 0 else 0.0
+    rel, captured = error_summary(float(factors.attrs["energy"]), factors.s[:k])
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     u = factors.u[:, :k]
     u_array = group.create_array(
@@ -460,7 +478,7 @@ def export(
             "rows": int(u.shape[0]),
             "cols": int(factors.vt.shape[1]),
             "relative_error": rel,
-            "captured_energy": captured / energy if energy > 0 else 1.0,
+            "captured_energy": captured,
             "params": factors.attrs.get("params", {}),
             "source_version": factors.version,
             "source_store": factors.store,

@@ -37,7 +37,6 @@ from streamsvd.api import Factors, open_factors
 from streamsvd.errors import ConfigError
 from streamsvd.store import sparse
 from streamsvd.store.matrix import matrix_array, read_meta
-from streamsvd.store.repository import Store
 
 FACTOR_DTYPES = ("float64", "float32")
 
@@ -109,8 +108,8 @@ def compression_table(
         raise ConfigError(
             f"factor_dtype must be one of {', '.join(FACTOR_DTYPES)}; got {factor_dtype!r}"
         )
-    factors = store if isinstance(store, Factors) else open_factors(store, version=version)
-    group = Store.open(factors.store).root(factors.version)
+    factors = open_factors(store, version=version)
+    group = factors.group
     meta = read_meta(group)
     rows = factors.stored.rows_covered
     cols = int(factors.vt.shape[1])

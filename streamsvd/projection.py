@@ -56,12 +56,11 @@ import numpy as np
 import scipy.sparse
 import zarr
 
-from streamsvd.api import Factors, open_factors
+from streamsvd.api import Factors, block_rows_for, open_factors
 from streamsvd.compression import format_bytes
 from streamsvd.errors import ConfigError, InvalidInputError, ShapeMismatchError, StoreExistsError
 from streamsvd.store import sparse, triplets
 from streamsvd.store.matrix import read_meta
-from streamsvd.store.repository import Store
 from streamsvd.store.sources import Source, open_source, rows_for_budget
 
 #: Output suffix (lower case) → format.
@@ -73,6 +72,8 @@ OUTPUT_SUFFIXES: dict[str, str] = {
 }
 #: Memory of one input block of :func:`project_file`, in bytes (as float64).
 DEFAULT_MEMORY_BUDGET = 128 * 1024 * 1024
+#: Bytes (float64) of one block of rows read or produced by project/reconstruct.
+OUTPUT_BLOCK_BYTES = 64 * 1024 * 1024
 #: Largest dense reconstruction of a sparse store's rows, in bytes (float64).
 DEFAULT_RECONSTRUCT_BUDGET = 256 * 1024 * 1024
 #: ``format`` of :func:`project_file` for triplet files (as ``ingest --format triplets``).
@@ -111,19 +112,13 @@ class OutputReport:
 # -- projection ---------------------------------------------------------------
 
 
-def _as_factors(store: FactorsLike, version: str | None) -> Factors:
-    if isinstance(store, Factors):
-        return store
-    return open_factors(store, version=version)
-
-
-def _check_rank(rank: int | None, factors: Factors) -> int:
-    k = factors.rank if rank is None else rank
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= factors.rank:
-        raise ConfigError(
-            f"--rank must be an integer between 1 and the fitted rank {factors.rank}; got {rank!r}"
-        )
-    return int(k)
+def _projector(
+    factors: Factors, rank: int | None, scores: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(W, μ)`` of a projection: ``(x − μ) W`` (μ is None outside PCA mode)."""
+    w = projection_matrix(factors, rank=rank, scores=scores)
+    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
+    return w, mean
 
 
 def projection_matrix(
@@ -134,7 +129,7 @@ def projection_matrix(
     ``W = V[:, :k] S[:k]⁻¹`` (coordinates) or ``V[:, :k]`` (scores); columns of
     numerically zero singular values are 0.
     """
-    k = _check_rank(rank, factors)
+    k = factors.checked_rank(rank)
     v = np.asarray(factors.vt[:k], dtype=np.float64).T
     if scores:
         return np.ascontiguousarray(v)
@@ -225,8 +220,8 @@ def project(
     >>> bool(np.allclose(project(f"{tmp}/store", a).compute(), u))  # fold-in identity
     True
     """
-    factors = _as_factors(store, version)
-    w = projection_matrix(factors, rank=rank, scores=scores)
+    factors = open_factors(store, version=version)
+    w, mean = _projector(factors, rank, scores)
     n_cols = w.shape[0]
     if x.ndim != 2:
         raise InvalidInputError(
@@ -241,9 +236,8 @@ def project(
     if isinstance(x, da.Array):
         arr = x if len(x.chunks[1]) == 1 else x.rechunk({1: -1})
     else:
-        block = max(1, (64 * 1024 * 1024) // (8 * max(1, n_cols)))
+        block = block_rows_for(1, n_cols, 8, budget=OUTPUT_BLOCK_BYTES)
         arr = da.from_array(np.asarray(x), chunks=(block, n_cols))
-    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
     func = partial(_project_block, w=w, mean=mean, name="x")
     return da.map_blocks(func, arr, chunks=(arr.chunks[0], (w.shape[1],)), dtype=np.float64)
 
@@ -298,9 +292,8 @@ def project_file(
     OutputReport
     """
     started = time.perf_counter()
-    factors = _as_factors(store, version)
-    w = projection_matrix(factors, rank=rank, scores=scores)
-    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
+    factors = open_factors(store, version=version)
+    w, mean = _projector(factors, rank, scores)
     n_cols, k = w.shape
     sparse_store = format in ("auto", TRIPLETS) and _is_sparse(factors)
     if format == TRIPLETS or (sparse_store and _looks_like_triplets(Path(source))):
@@ -308,7 +301,8 @@ def project_file(
             factors,
             Path(source),
             out,
-            rank=rank,
+            w=w,
+            mean=mean,
             scores=scores,
             memory_budget=memory_budget,
             overwrite=overwrite,
@@ -362,12 +356,8 @@ def project_file(
 # -- triplets (sparse stores) -------------------------------------------------
 
 
-def _store_group(factors: Factors) -> zarr.Group:
-    return Store.open(factors.store).root(factors.version)
-
-
 def _is_sparse(factors: Factors) -> bool:
-    return read_meta(_store_group(factors)).kind == sparse.KIND
+    return read_meta(factors.group).kind == sparse.KIND
 
 
 def _looks_like_triplets(path: Path) -> bool:
@@ -404,7 +394,7 @@ def _show_id(value: Any) -> str:
 
 def _triplet_rows(factors: Factors, path: Path) -> tuple[np.ndarray, Any]:
     """The rows of a triplet file as (row ids, CSR over the factors' columns)."""
-    group = _store_group(factors)
+    group = factors.group
     if read_meta(group).kind != sparse.KIND:
         raise ConfigError(
             f"{path}: triplets (row_id, col_id, value) can only be projected onto a sparse "
@@ -503,9 +493,8 @@ def project_triplets(
     InvalidInputError
         A col id the factors do not cover (named, with its line), a NaN/Inf value.
     """
-    factors = _as_factors(store, version)
-    w = projection_matrix(factors, rank=rank, scores=scores)
-    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
+    factors = open_factors(store, version=version)
+    w, mean = _projector(factors, rank, scores)
     ids, x = _triplet_rows(factors, Path(source).expanduser())
     return ids, _fold_in(x, w, mean)
 
@@ -515,7 +504,8 @@ def _project_triplets_file(
     source: Path,
     out: str | Path,
     *,
-    rank: int | None,
+    w: np.ndarray,
+    mean: np.ndarray | None,
     scores: bool,
     memory_budget: int,
     overwrite: bool,
@@ -529,8 +519,6 @@ def _project_triplets_file(
             "appearance) with the ids in a row_id column, and only Parquet can hold them "
             f"beside the numbers; write --out {target.with_suffix('.parquet')} instead"
         )
-    w = projection_matrix(factors, rank=rank, scores=scores)
-    mean = None if factors.mean is None else np.asarray(factors.mean, dtype=np.float64)
     k = w.shape[1]
     source = source.expanduser()
     ids, x = _triplet_rows(factors, source)
@@ -667,8 +655,8 @@ def reconstruct(
         Rows outside the covered range, naming both; a sparse store's rows whose
         dense size exceeds ``memory_budget``, naming it.
     """
-    factors = _as_factors(store, version)
-    k = _check_rank(rank, factors)
+    factors = open_factors(store, version=version)
+    k = factors.checked_rank(rank)
     start, stop = _row_range(rows, factors.stored.rows_covered)
     _check_dense_budget(factors, start, stop, memory_budget)
     return _reconstruct_rows(factors, start, stop, k)
@@ -694,15 +682,14 @@ def reconstruct_file(
     size), as rows × items of a ratings matrix are far larger than its CSR.
     """
     started = time.perf_counter()
-    factors = _as_factors(store, version)
-    k = _check_rank(rank, factors)
+    factors = open_factors(store, version=version)
+    k = factors.checked_rank(rank)
     start, stop = _row_range(rows, factors.stored.rows_covered)
     _check_dense_budget(factors, start, stop, memory_budget)
     n_cols = int(factors.vt.shape[1])
     if block_rows is None:
         chunk = int(factors.stored.u_raw.chunks[0])
-        per_block = max(1, (64 * 1024 * 1024) // (8 * n_cols * chunk))
-        block_rows = chunk * per_block
+        block_rows = block_rows_for(chunk, n_cols, 8, budget=OUTPUT_BLOCK_BYTES)
     target, fmt = _output_target(out, overwrite)
     attrs = {
         "streamsvd": {
@@ -875,7 +862,6 @@ class _ZarrOutput(_Output):
     """A Zarr v3 array chunked by whole blocks: every write covers whole chunks, no sharding."""
 
     def __init__(self, path: Path, n_rows: int | None, n_cols: int, block_rows: int) -> None:
-        import zarr
 
         super().__init__(path, n_rows, n_cols, block_rows)
         self._array = zarr.create_array(

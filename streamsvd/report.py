@@ -35,7 +35,6 @@ from streamsvd.drift import updates_since_fit
 from streamsvd.linalg.rank import gavish_donoho_lambda, marchenko_pastur_median
 from streamsvd.store import layout, sparse
 from streamsvd.store.matrix import matrix_array, read_meta
-from streamsvd.store.repository import Store
 
 
 @dataclass(frozen=True)
@@ -95,10 +94,6 @@ class ReportPaths:
         return (self.spectrum, self.energy, self.history)
 
 
-def _factors(store: str | Path | Factors, version: str | None) -> Factors:
-    return store if isinstance(store, Factors) else open_factors(store, version=version)
-
-
 def _history(factors: Factors) -> list[dict[str, Any]]:
     return list(factors.attrs.get("history") or [])
 
@@ -153,8 +148,8 @@ def spectrum_data(store: str | Path | Factors, *, version: str | None = None) ->
     spectrum is plotted; after updates the current ``S`` is, with the old
     sketch faintly for context.
     """
-    factors = _factors(store, version)
-    group = Store.open(factors.store).root(factors.version)
+    factors = open_factors(store, version=version)
+    group = factors.group
     spectrum: np.ndarray | None = None
     factors_group: Any = group[layout.FACTORS]
     if "spectrum" in factors_group:
@@ -173,7 +168,7 @@ def spectrum_data(store: str | Path | Factors, *, version: str | None = None) ->
 
 def history_data(store: str | Path | Factors, *, version: str | None = None) -> list[HistoryPoint]:
     """The fits and updates recorded in the factors' history, oldest first."""
-    factors = _factors(store, version)
+    factors = open_factors(store, version=version)
     return [
         HistoryPoint(
             index=i,
@@ -187,16 +182,22 @@ def history_data(store: str | Path | Factors, *, version: str | None = None) -> 
     ]
 
 
-def report_summary(store: str | Path | Factors, *, version: str | None = None) -> dict[str, Any]:
+def report_summary(
+    store: str | Path | Factors,
+    *,
+    version: str | None = None,
+    table: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The summary table of ``report.md``: store, version, shape, rank, error, compression.
 
     ``kind`` is the store's matrix kind (``dense`` or ``sparse``); a sparse store adds
     ``nnz`` and ``density`` (of the whole stored matrix), and its ``data_bytes`` are
-    its CSR bytes (see :func:`~streamsvd.compression.compression_table`).
+    its CSR bytes (see :func:`~streamsvd.compression.compression_table`; pass its
+    ``table`` when you have it: it sizes the stored chunks).
     """
-    factors = _factors(store, version)
-    group = Store.open(factors.store).root(factors.version)
-    table = compression_table(factors)
+    factors = open_factors(store, version=version)
+    group = factors.group
+    table = table if table is not None else compression_table(factors)
     history = _history(factors)
     last_fit = factors.attrs.get("last_fit") or {}
     params = factors.attrs.get("params") or {}
@@ -443,13 +444,13 @@ def write_report(
     >>> paths.markdown.name, [p.name for p in paths.images], paths.summary["rank"]
     ('report.md', ['spectrum.png', 'energy.png', 'history.png'], 3)
     """
-    factors = _factors(store, version)
+    factors = open_factors(store, version=version)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     spectrum = spectrum_data(factors)
     table = compression_table(factors)
     points = history_data(factors)
-    summary = report_summary(factors)
+    summary = report_summary(factors, table=table)
     summary["gd_threshold"] = spectrum.threshold
     paths = ReportPaths(
         out_dir=out,
