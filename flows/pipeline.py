@@ -106,7 +106,9 @@ def pipeline_flow(config: str | None = None, force_refit: bool = False) -> dict[
         updates = [update_with(settings, f) for f in files]
         timings["updates"] = time.perf_counter() - t0
         drift = drift_check(settings)
-        if drift["refit"] or force_refit:
+        # A fit made in this run with no update after it is already the full refit.
+        fresh_fit = fitted is not None and not updates
+        if drift["refit"] or (force_refit and not fresh_fit):
             refit_reason = drift["reason"] if drift["refit"] else "forced"
             t0 = time.perf_counter()
             fitted = fit_store(settings, scheduler)

@@ -216,10 +216,6 @@ SchedulerOpt = Annotated[
 ]
 
 
-def _parse_rank(rank: str) -> int | str:
-    return int(rank) if rank.strip().isdigit() else rank.strip()
-
-
 @app.command()
 def fit(
     store: StoreArg,
@@ -245,7 +241,7 @@ def fit(
     with _errors_to_exit():
         summary = streamsvd.fit(
             store,
-            rank=_parse_rank(rank),
+            rank=rank,  # parse_rank reads "50" as well as "energy:0.9"
             oversample=oversample,
             power_iters=power_iters,
             seed=seed,

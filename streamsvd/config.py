@@ -89,8 +89,6 @@ class SVDSettings(_Section):
     def _rank(cls, value: int | str) -> int | str:
         from streamsvd.linalg.rank import parse_rank
 
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
         parse_rank(value)  # raises ConfigError with the allowed forms
         return value
 
@@ -231,8 +229,4 @@ def _describe(error: Any) -> str:
             model = annotation if isinstance(annotation, type) else Settings
         allowed = ", ".join(model.model_fields)
         return f"unknown key '{key}' (allowed here: {allowed})"
-    message = error["msg"]
-    ctx = error.get("ctx") or {}
-    if "expected" in ctx:
-        message = f"{message}"
-    return f"'{key}': {message} (got {error.get('input')!r})"
+    return f"'{key}': {error['msg']} (got {error.get('input')!r})"

@@ -58,12 +58,12 @@ def check_drift(
     factors = open_factors(store)
     attrs: dict[str, Any] = factors.attrs
     error = float(attrs["relative_error"])
-    last_fit = attrs.get("last_fit") or {}
-    last_error = float(last_fit.get("relative_error", error))
     history = attrs.get("history", [])
     updates = updates_since_fit(history)
     policy = RefitPolicy.parse(refit_above)
-    budget = policy.budget(last_error) if policy else None
+    last_fit = attrs.get("last_fit") or {}
+    last_error = float(last_fit.get("relative_error", error))
+    budget = policy.budget(last_fit, error) if policy else None
     if budget is not None and error > budget:
         return DriftDecision(
             True,

@@ -21,9 +21,11 @@ import scipy.sparse
 import zarr
 from threadpoolctl import threadpool_limits
 
+from streamsvd.api import block_rows_for
 from streamsvd.engine.tree_update import should_run_parallel, tree_fold_in
 from streamsvd.errors import ConfigError, NoFactorsError
 from streamsvd.linalg.compaction import compact_rows, compacted_t, needs_compaction
+from streamsvd.linalg.sketch import error_summary
 from streamsvd.linalg.sparse_update import append_sparse_rows
 from streamsvd.linalg.update import append_rows
 from streamsvd.linalg.update_centered import append_rows_centered
@@ -42,6 +44,8 @@ from streamsvd.store.repository import Store
 
 #: Condition number of T above which U_raw is compacted (see linalg.compaction).
 MAX_CONDITION = 1e8
+#: Bytes of ``U_raw`` (float64) read and rewritten per step of a compaction.
+COMPACTION_BLOCK_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -58,6 +62,7 @@ class _State:
     ones: np.ndarray | None
     relative_error: float
     rows: int
+    last_fit: dict[str, Any]  # the record of the last full fit, read with the factors
     sketched: int = 0
     columns_added: int = 0
     u_raw_writes: RowAppender | None = None  # background writes of new U_raw rows
@@ -93,10 +98,13 @@ class RefitPolicy:
             f"full fit such as +10%; got {text!r}"
         )
 
-    def budget(self, last_fit_error: float) -> float:
+    def budget(self, last_fit: dict[str, Any], error: float) -> float:
+        """The error allowed before a refit; ``last_fit`` is the factors' record of
+        their last full fit (its error, or else ``error``, is the base of ``+P%``)."""
         if self.absolute is not None:
             return self.absolute
-        return last_fit_error * (1.0 + (self.percent or 0.0) / 100.0)
+        base = float(last_fit.get("relative_error", error))
+        return base * (1.0 + (self.percent or 0.0) / 100.0)
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,6 @@ def update(
                 tree_record: dict[str, Any] = {}
                 if use_tree:
                     u_raw_writes.flush()  # the tree writes U_raw itself
-                    state.u_raw_writes = None
                     partial = ingest_into(tx, items, options, progress, created=False)
                     tree = tree_fold_in(
                         state,
@@ -304,14 +311,14 @@ def update(
                 metadata={"operation": "update", "batches": [b.id for b in partial.batches]},
             )
             commit_seconds = time.perf_counter() - commit_started
-            last_fit = cast(dict[str, Any], read_factors(group).attrs.get("last_fit") or {})
-    budget = policy.budget(float(last_fit.get("relative_error", 0.0))) if policy else None
+    last_fit = state.last_fit
+    budget = policy.budget(last_fit, state.relative_error) if policy else None
     refit = None
     if budget is not None and state.relative_error > budget:
         from streamsvd.api import fit
 
         params = cast(dict[str, Any], last_fit.get("params") or {})
-        refit = fit(store, scheduler=scheduler, **_fit_args(params, store))
+        refit = fit(store, scheduler=scheduler, **_fit_args(params))
         refit["reason"] = (
             f"relative error {state.relative_error:.4g} after the update exceeded the budget "
             f"{budget:.4g}: refit"
@@ -333,12 +340,9 @@ def update(
     )
 
 
-def _fit_args(params: dict[str, Any], store: str | Path) -> dict[str, Any]:
+def _fit_args(params: dict[str, Any]) -> dict[str, Any]:
     keys = ("rank", "oversample", "power_iters", "seed", "center", "dtype", "max_rank")
-    args = {k: params[k] for k in keys if k in params}
-    if isinstance(args.get("rank"), str) and args["rank"].isdigit():
-        args["rank"] = int(args["rank"])
-    return args
+    return {k: params[k] for k in keys if k in params}
 
 
 def _load_state(group: zarr.Group) -> _State:
@@ -359,6 +363,7 @@ def _load_state(group: zarr.Group) -> _State:
         ones=ones,
         relative_error=float(attrs["relative_error"]),
         rows=int(attrs["rows_covered"]),
+        last_fit=dict(attrs.get("last_fit") or {}),
     )
 
 
@@ -448,7 +453,7 @@ def _maybe_compact(state: _State) -> bool:
     centered = state.mean is not None
     width = rank + 1 if centered else rank
     chunk_rows = u_raw.chunks[0]
-    step = chunk_rows * max(1, (64 * 1024 * 1024) // max(1, chunk_rows * u_raw.shape[1] * 8))
+    step = block_rows_for(chunk_rows, u_raw.shape[1], 8, budget=COMPACTION_BLOCK_BYTES)
     old_width = u_raw.shape[1]
     if width > old_width:
         u_raw.resize((u_raw.shape[0], width))
@@ -475,9 +480,7 @@ def _write_state(session: Any, state: _State, record: dict[str, Any]) -> None:
             "rows_seen": state.rows_seen,
             "energy": state.energy,
             "relative_error": state.relative_error,
-            "captured_energy": float(np.sum(state.s**2) / state.energy)
-            if state.energy > 0
-            else 1.0,
+            "captured_energy": error_summary(state.energy, state.s)[1],
             "updated": record["time"],
             "history": [*attrs.get("history", []), record],
             "compactions": int(attrs.get("compactions", 0)) + int(record["compacted"]),
