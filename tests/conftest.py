@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,6 +37,23 @@ def write_npy(path: Path, data: np.ndarray) -> Path:
     return path
 
 
+def load_topology_module() -> ModuleType:
+    """``infra/local/topology.py`` (not a package) imported once, under a fixed name."""
+    import importlib.util
+
+    name = "streamsvd_infra_topology"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent.parent / "infra" / "local" / "topology.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while building the class
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_triplets(path: Path, rows: object, cols: object, values: object) -> Path:
     """``row_id, col_id, value`` triplets as CSV (``.csv``) or Parquet (otherwise)."""
     import pyarrow as pa
@@ -51,13 +70,13 @@ def write_triplets(path: Path, rows: object, cols: object, values: object) -> Pa
     return path
 
 
-def fitted_store(tmp: Path, data: np.ndarray, *, rank: int, center: bool = False) -> Path:
+def fitted_store(tmp: Path, data: np.ndarray, rank: int, **fit_args: Any) -> Path:
     """A store of ``data`` (64-row chunks) with a synchronous fit of ``rank``."""
     import streamsvd
 
     store = tmp / "store"
     streamsvd.ingest(store, [data], options=streamsvd.IngestOptions(chunk_rows=64))
-    streamsvd.fit(store, rank=rank, scheduler="sync", center=center)
+    streamsvd.fit(store, rank=rank, scheduler="sync", **fit_args)
     return store
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -31,24 +30,13 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import load_topology_module
+
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 LOCAL = INFRA / "local"
 PROJECT_SERVICES = {"dask-scheduler", "dask-worker", "prefect-server", "prefect-worker"}
 POOL = "streamsvd-pool"
-
-
-def load_topology_module() -> ModuleType:
-    name = "streamsvd_infra_topology"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LOCAL / "topology.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look the module up while building the class
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -479,6 +467,7 @@ def test_local_topology_runs_dask_and_prefect(tmp_path: Path, topology: ModuleTy
 
     started = time.monotonic()
     topo = topology.start_topology(tmp_path, workers=2, prefect=True)
+    tree: set[int] = set()  # defined even when an assertion below fails
     try:
         print(f"topology up in {time.monotonic() - started:.1f} s")
         assert topo.dask_scheduler.startswith("tcp://127.0.0.1:")
