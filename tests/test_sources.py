@@ -45,11 +45,6 @@ DTYPES = ("float32", "float64", "int32", "bool")
 # -- helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(20240601)
-
-
 def make_matrix(seed: int, n_rows: int, n_cols: int, dtype: str, *, specials: bool) -> np.ndarray:
     """A random matrix; floats span many magnitudes and may hold NaN and ±inf."""
     rng = np.random.default_rng(seed)
@@ -108,19 +103,14 @@ def write_parquet(path: Path, x: np.ndarray, *, layout: str, row_group_size: int
 
 
 @pytest.fixture
-def tmp(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-@pytest.fixture
-def npy_file(tmp: Path) -> Path:
-    path = tmp / "m.npy"
+def npy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.npy"
     np.save(path, np.arange(12.0).reshape(4, 3))
     return path
 
 
-def csv_file(tmp: Path, text: str | bytes, name: str = "data.csv") -> Path:
-    path = tmp / name
+def csv_file(folder: Path, text: str | bytes, name: str = "data.csv") -> Path:
+    path = folder / name
     if isinstance(text, str):
         text = text.encode()
     path.write_bytes(text)
@@ -278,10 +268,10 @@ def test_zarr_blocks_equal_numpy(
 # -- format details ---------------------------------------------------------------------
 
 
-def test_big_endian_npy_is_read_in_native_order(tmp: Path) -> None:
+def test_big_endian_npy_is_read_in_native_order(tmp_path: Path) -> None:
     x = np.arange(6, dtype=">f8").reshape(3, 2)
-    np.save(tmp / "be.npy", x)
-    with open_source(tmp / "be.npy") as src:
+    np.save(tmp_path / "be.npy", x)
+    with open_source(tmp_path / "be.npy") as src:
         assert src.dtype == np.dtype("float64")
         np.testing.assert_array_equal(read_all(src, 2), x)
 
@@ -299,7 +289,7 @@ def test_blocks_restart_from_the_first_row(npy_file: Path) -> None:
         np.testing.assert_array_equal(read_all(src, 3), first)
 
 
-def test_csv_variants(tmp: Path) -> None:
+def test_csv_variants(tmp_path: Path) -> None:
     cases = {
         "spaces.csv": "1, 2, 3\n4 ,5, 6\n",
         "semi.csv": "a;b;c\n1;2;3\n4;5;6\n",
@@ -311,27 +301,27 @@ def test_csv_variants(tmp: Path) -> None:
         "noeol.csv": "1,2,3\n4,5,6",
     }
     for name, text in cases.items():
-        with open_source(csv_file(tmp, text, name)) as src:
+        with open_source(csv_file(tmp_path, text, name)) as src:
             np.testing.assert_array_equal(read_all(src, 10), [[1, 2, 3], [4, 5, 6]], err_msg=name)
 
 
-def test_csv_empty_fields_are_nan_and_special_values_parse(tmp: Path) -> None:
-    path = csv_file(tmp, "x,y,z\n1,,3\nnan,inf,-inf\n , 2 ,\n")
+def test_csv_empty_fields_are_nan_and_special_values_parse(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "x,y,z\n1,,3\nnan,inf,-inf\n , 2 ,\n")
     with open_source(path) as src:
         got = read_all(src, 10)
     expected = [[1, np.nan, 3], [np.nan, np.inf, -np.inf], [np.nan, 2, np.nan]]
     np.testing.assert_array_equal(got, expected)
 
 
-def test_csv_all_numeric_first_line_is_data(tmp: Path) -> None:
-    with open_source(csv_file(tmp, "1e3,-2.5,.5\n")) as src:
+def test_csv_all_numeric_first_line_is_data(tmp_path: Path) -> None:
+    with open_source(csv_file(tmp_path, "1e3,-2.5,.5\n")) as src:
         assert src.column_names is None
         np.testing.assert_array_equal(read_all(src, 1), [[1e3, -2.5, 0.5]])
         assert src.describe_row(0) == "line 1"
 
 
-def test_csv_describe_row_before_reading_scans_the_file(tmp: Path) -> None:
-    path = csv_file(tmp, "a,b\n\n1,2\n\n\n3,4\n5,6\n")
+def test_csv_describe_row_before_reading_scans_the_file(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "a,b\n\n1,2\n\n\n3,4\n5,6\n")
     with open_source(path) as src:
         assert src.describe_row(2) == "line 7"
         assert src.describe_row(1) == "line 6"
@@ -339,20 +329,22 @@ def test_csv_describe_row_before_reading_scans_the_file(tmp: Path) -> None:
         assert "past the end" in src.describe_row(3)
 
 
-def test_csv_throughput_is_streaming(tmp: Path, rng: np.random.Generator) -> None:
+def test_csv_larger_than_the_parser_chunk_reads_back_exactly(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     """A CSV larger than the parser's chunk is read in several chunks and blocks."""
     x = rng.standard_normal((30_000, 8))
-    path = csv_file(tmp, csv_text(x, delimiter=",", header=True))
+    path = csv_file(tmp_path, csv_text(x, delimiter=",", header=True))
     assert path.stat().st_size > 2 * csv_module._MIN_CHUNK
     with open_source(path) as src:
         rows = rows_for_budget(src.n_cols, 8, 64 * 1024)
         blocks = list(src.blocks(rows))
-    assert max(b.data.nbytes for b in blocks) <= 64 * 1024
+    assert len(blocks) > 1
     np.testing.assert_array_equal(np.concatenate([b.data for b in blocks]), x)
 
 
-def test_parquet_nulls_become_nan(tmp: Path) -> None:
-    path = tmp / "nulls.parquet"
+def test_parquet_nulls_become_nan(tmp_path: Path) -> None:
+    path = tmp_path / "nulls.parquet"
     table = pa.table(
         {
             "i": pa.array([1, None, 3], type=pa.int64()),
@@ -367,16 +359,16 @@ def test_parquet_nulls_become_nan(tmp: Path) -> None:
     np.testing.assert_array_equal(got, [[1, np.nan, 1], [np.nan, 2, 0], [3, 3, np.nan]])
 
 
-def test_parquet_null_lists_and_elements_become_nan(tmp: Path) -> None:
-    path = tmp / "vec.parquet"
+def test_parquet_null_lists_and_elements_become_nan(tmp_path: Path) -> None:
+    path = tmp_path / "vec.parquet"
     pq.write_table(pa.table({"v": pa.array([[1, 2], None, [3, None]])}), path)
     with open_source(path) as src:
         assert (src.n_cols, src.dtype) == (2, np.float64)
         np.testing.assert_array_equal(read_all(src, 5), [[1, 2], [np.nan, np.nan], [3, np.nan]])
 
 
-def test_parquet_ints_without_nulls_keep_their_dtype(tmp: Path) -> None:
-    path = tmp / "ints.parquet"
+def test_parquet_ints_without_nulls_keep_their_dtype(tmp_path: Path) -> None:
+    path = tmp_path / "ints.parquet"
     pq.write_table(
         pa.table({"a": pa.array([1, 2], pa.int16()), "b": pa.array([3, 4], pa.int16())}), path
     )
@@ -385,8 +377,8 @@ def test_parquet_ints_without_nulls_keep_their_dtype(tmp: Path) -> None:
         assert src.column_names == ("a", "b")
 
 
-def test_hdf5_dataset_by_name(tmp: Path) -> None:
-    path = tmp / "two.h5"
+def test_hdf5_dataset_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "two.h5"
     with h5py.File(path, "w") as f:
         f["a"] = np.ones((2, 2))
         f["g/b"] = np.zeros((3, 2), dtype=np.int32)
@@ -395,20 +387,20 @@ def test_hdf5_dataset_by_name(tmp: Path) -> None:
         np.testing.assert_array_equal(read_all(src, 2), np.zeros((3, 2)))
 
 
-def test_zarr_group_with_one_array_or_named_array(tmp: Path) -> None:
-    group = zarr.open_group(str(tmp / "g.zarr"), mode="w")
+def test_zarr_group_with_one_array_or_named_array(tmp_path: Path) -> None:
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     group.create_array("inner/x", shape=(4, 2), dtype="f4", chunks=(2, 2))[:] = 1.0
     group.create_array("labels", shape=(4,), dtype="i4", chunks=(4,))
-    with open_source(tmp / "g.zarr") as src:
+    with open_source(tmp_path / "g.zarr") as src:
         np.testing.assert_array_equal(read_all(src, 3), np.ones((4, 2)))
-    with open_source(tmp / "g.zarr", dataset="/inner/x") as src:
+    with open_source(tmp_path / "g.zarr", dataset="/inner/x") as src:
         assert src.n_rows == 4
     with pytest.raises(SourceNotFoundError, match=r"g\.zarr.*no array 'nope'.*inner/x.*--dataset"):
-        open_source(tmp / "g.zarr", dataset="nope")
+        open_source(tmp_path / "g.zarr", dataset="nope")
 
 
-def test_explicit_format_overrides_the_suffix(tmp: Path) -> None:
-    path = csv_file(tmp, "1,2\n3,4\n", "data.dat")
+def test_explicit_format_overrides_the_suffix(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "1,2\n3,4\n", "data.dat")
     with open_source(path, format="csv") as src:
         np.testing.assert_array_equal(read_all(src, 1), [[1, 2], [3, 4]])
 
@@ -428,15 +420,41 @@ def test_max_rows_must_be_a_positive_integer(npy_file: Path, max_rows: object) -
         src.blocks(max_rows)  # type: ignore[arg-type]
 
 
-def test_formats_constant() -> None:
-    assert FORMATS == ("auto", "npy", "csv", "parquet", "hdf5", "zarr")
+def test_every_format_opens_a_file_of_that_format(tmp_path: Path) -> None:
+    x = np.arange(12.0).reshape(4, 3)
+
+    def write_npy(path: Path) -> None:
+        with path.open("wb") as f:  # np.save(path) would append ".npy"
+            np.save(f, x)
+
+    def write_hdf5(path: Path) -> None:
+        with h5py.File(path, "w") as f:
+            f["x"] = x
+
+    def write_zarr(path: Path) -> None:
+        zarr.open_group(str(path), mode="w").create_array("x", data=x, chunks=(2, 3))
+
+    writers = {
+        "npy": write_npy,
+        "csv": lambda path: path.write_text(csv_text(x, delimiter=",", header=False)),
+        "parquet": lambda path: write_parquet(path, x, layout="columns", row_group_size=2),
+        "hdf5": write_hdf5,
+        "zarr": write_zarr,
+    }
+    assert set(FORMATS) == {"auto", *writers}  # a new format needs a case here
+    for fmt, write in writers.items():
+        path = tmp_path / f"{fmt}.data"  # the suffix names no format: ``format`` decides
+        write(path)
+        with open_source(path, format=fmt) as src:
+            assert src.format == fmt
+            np.testing.assert_array_equal(read_all(src, 3), x)
 
 
 # -- bad input: npy -----------------------------------------------------------------------
 
 
-def test_npy_truncated(tmp: Path) -> None:
-    path = tmp / "cut.npy"
+def test_npy_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "cut.npy"
     np.save(path, np.ones((100, 4)))
     data = path.read_bytes()
     path.write_bytes(data[:-10])
@@ -459,8 +477,10 @@ def test_npy_truncated(tmp: Path) -> None:
         (np.zeros((3, 0)), InvalidInputError, "is empty"),
     ],
 )
-def test_npy_bad_arrays(tmp: Path, array: np.ndarray, error: type[Exception], pattern: str) -> None:
-    path = tmp / "bad.npy"
+def test_npy_bad_arrays(
+    tmp_path: Path, array: np.ndarray, error: type[Exception], pattern: str
+) -> None:
+    path = tmp_path / "bad.npy"
     np.save(path, array, allow_pickle=True)
     with pytest.raises(error, match=rf"{fname(path)}.*{pattern}"):
         open_source(path)
@@ -470,8 +490,8 @@ def test_npy_bad_arrays(tmp: Path, array: np.ndarray, error: type[Exception], pa
     ("content", "pattern"),
     [(b"", "is empty"), (b"not a numpy file at all", "cannot read it as a .npy file")],
 )
-def test_npy_unreadable(tmp: Path, content: bytes, pattern: str) -> None:
-    path = tmp / "junk.npy"
+def test_npy_unreadable(tmp_path: Path, content: bytes, pattern: str) -> None:
+    path = tmp_path / "junk.npy"
     path.write_bytes(content)
     with pytest.raises(InvalidInputError, match=rf"{fname(path)}.*{pattern}"):
         open_source(path)
@@ -487,8 +507,8 @@ def test_permission_denied(npy_file: Path) -> None:
 # -- bad input: csv -----------------------------------------------------------------------
 
 
-def test_csv_non_numeric_value_names_line_column_and_value(tmp: Path) -> None:
-    path = csv_file(tmp, "a,b,c\n1,2,3\n\n4,oops,6\n")
+def test_csv_non_numeric_value_names_line_column_and_value(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "a,b,c\n1,2,3\n\n4,oops,6\n")
     with (
         open_source(path) as src,
         pytest.raises(
@@ -499,9 +519,9 @@ def test_csv_non_numeric_value_names_line_column_and_value(tmp: Path) -> None:
         read_all(src, 10)
 
 
-def test_csv_non_numeric_without_header_and_long_value(tmp: Path) -> None:
+def test_csv_non_numeric_without_header_and_long_value(tmp_path: Path) -> None:
     long = "x" * 100
-    path = csv_file(tmp, f"1,2\n3,{long}\n")
+    path = csv_file(tmp_path, f"1,2\n3,{long}\n")
     with open_source(path) as src, pytest.raises(InvalidInputError) as info:
         read_all(src, 10)
     message = str(info.value)
@@ -510,11 +530,11 @@ def test_csv_non_numeric_without_header_and_long_value(tmp: Path) -> None:
 
 
 @pytest.mark.usefixtures("small_chunks")
-def test_csv_error_in_a_later_chunk_has_the_physical_line(tmp: Path) -> None:
+def test_csv_error_in_a_later_chunk_has_the_physical_line(tmp_path: Path) -> None:
     lines = ["a,b"] + [f"{i},{i}" for i in range(500)]
     lines[300] = "1,NA"
     lines.insert(100, "")
-    path = csv_file(tmp, "\n".join(lines) + "\n")
+    path = csv_file(tmp_path, "\n".join(lines) + "\n")
     with (
         open_source(path) as src,
         pytest.raises(InvalidInputError, match=rf"{fname(path)}, line 302, column 2"),
@@ -522,8 +542,8 @@ def test_csv_error_in_a_later_chunk_has_the_physical_line(tmp: Path) -> None:
         read_all(src, 7)
 
 
-def test_csv_ragged_row(tmp: Path) -> None:
-    path = csv_file(tmp, "a,b,c\n1,2,3\n4,5\n")
+def test_csv_ragged_row(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "a,b,c\n1,2,3\n4,5\n")
     with (
         open_source(path) as src,
         pytest.raises(
@@ -533,8 +553,8 @@ def test_csv_ragged_row(tmp: Path) -> None:
         read_all(src, 10)
 
 
-def test_csv_not_utf8(tmp: Path) -> None:
-    path = csv_file(tmp, b"1,2\n3,\xff\xfe\n")
+def test_csv_not_utf8(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, b"1,2\n3,\xff\xfe\n")
     with (
         open_source(path) as src,
         pytest.raises(InvalidInputError, match=rf"{fname(path)}, line 2: .*not UTF-8"),
@@ -546,8 +566,8 @@ def test_csv_not_utf8(tmp: Path) -> None:
     ("text", "pattern"),
     [("", "is empty"), ("\n\n  \n", "is empty"), ("a,b,c\n\n", r"is empty.*header \(line 1\)")],
 )
-def test_csv_empty(tmp: Path, text: str, pattern: str) -> None:
-    path = csv_file(tmp, text)
+def test_csv_empty(tmp_path: Path, text: str, pattern: str) -> None:
+    path = csv_file(tmp_path, text)
     with pytest.raises(InvalidInputError, match=rf"{fname(path)}.*{pattern}"):
         open_source(path)
 
@@ -555,8 +575,8 @@ def test_csv_empty(tmp: Path, text: str, pattern: str) -> None:
 # -- bad input: parquet -------------------------------------------------------------------
 
 
-def test_parquet_non_numeric_columns(tmp: Path) -> None:
-    path = tmp / "mixed.parquet"
+def test_parquet_non_numeric_columns(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.parquet"
     pq.write_table(
         pa.table({"x": [1.0, 2.0], "name": ["a", "b"], "when": pa.array([1, 2], pa.date32())}), path
     )
@@ -566,15 +586,15 @@ def test_parquet_non_numeric_columns(tmp: Path) -> None:
         open_source(path)
 
 
-def test_parquet_list_of_strings(tmp: Path) -> None:
-    path = tmp / "strs.parquet"
+def test_parquet_list_of_strings(tmp_path: Path) -> None:
+    path = tmp_path / "strs.parquet"
     pq.write_table(pa.table({"v": [["a"], ["b"]]}), path)
     with pytest.raises(InvalidInputError, match=rf"{fname(path)}.*'v' holds lists of string"):
         open_source(path)
 
 
-def test_parquet_ragged_lists(tmp: Path) -> None:
-    path = tmp / "ragged.parquet"
+def test_parquet_ragged_lists(tmp_path: Path) -> None:
+    path = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"v": [[1.0, 2.0], [3.0, 4.0], [5.0]]}), path)
     with (
         open_source(path) as src,
@@ -585,12 +605,12 @@ def test_parquet_ragged_lists(tmp: Path) -> None:
         read_all(src, 2)
 
 
-def test_parquet_corrupt_and_empty(tmp: Path) -> None:
-    bad = tmp / "bad.parquet"
+def test_parquet_corrupt_and_empty(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(InvalidInputError, match=rf"{fname(bad)}: cannot read it as a Parquet file"):
         open_source(bad)
-    empty = tmp / "empty.parquet"
+    empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"a": pa.array([], pa.float64())}), empty)
     with pytest.raises(InvalidInputError, match=rf"{fname(empty)}.*is empty"):
         open_source(empty)
@@ -599,8 +619,8 @@ def test_parquet_corrupt_and_empty(tmp: Path) -> None:
 # -- bad input: hdf5 and zarr -------------------------------------------------------------
 
 
-def test_hdf5_dataset_choice_errors(tmp: Path) -> None:
-    path = tmp / "many.h5"
+def test_hdf5_dataset_choice_errors(tmp_path: Path) -> None:
+    path = tmp_path / "many.h5"
     with h5py.File(path, "w") as f:
         f["a"] = np.ones((2, 2))
         f["b"] = np.ones((3, 2))
@@ -619,8 +639,8 @@ def test_hdf5_dataset_choice_errors(tmp: Path) -> None:
         open_source(path, dataset="names")
 
 
-def test_hdf5_without_matrix_and_corrupt(tmp: Path) -> None:
-    path = tmp / "vec.h5"
+def test_hdf5_without_matrix_and_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "vec.h5"
     with h5py.File(path, "w") as f:
         f["v"] = np.arange(4)
     with pytest.raises(
@@ -629,35 +649,35 @@ def test_hdf5_without_matrix_and_corrupt(tmp: Path) -> None:
         open_source(path)
     with pytest.raises(InvalidInputError, match=rf"{fname(path)}: dataset '/v' is 1-D"):
         open_source(path, dataset="v")
-    bad = tmp / "bad.h5"
+    bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n garbage")
     with pytest.raises(InvalidInputError, match=rf"{fname(bad)}: cannot read it as an HDF5 file"):
         open_source(bad)
 
 
-def test_zarr_one_dimensional_and_plain_directory(tmp: Path) -> None:
-    zarr.create_array(str(tmp / "v.zarr"), shape=(5,), dtype="f8")
+def test_zarr_one_dimensional_and_plain_directory(tmp_path: Path) -> None:
+    zarr.create_array(str(tmp_path / "v.zarr"), shape=(5,), dtype="f8")
     with pytest.raises(InvalidInputError, match=r"v\.zarr: the array is 1-D.*must be 2-D"):
-        open_source(tmp / "v.zarr")
-    (tmp / "plain").mkdir()
+        open_source(tmp_path / "v.zarr")
+    (tmp_path / "plain").mkdir()
     with pytest.raises(UnsupportedFormatError, match=r"plain: is a directory but not a Zarr array"):
-        open_source(tmp / "plain")
+        open_source(tmp_path / "plain")
 
 
 # -- open_source errors -------------------------------------------------------------------
 
 
-def test_unknown_suffix_names_file_formats_and_option(tmp: Path) -> None:
-    path = csv_file(tmp, "1,2\n", "data.xlsx")
+def test_unknown_suffix_names_file_formats_and_option(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "1,2\n", "data.xlsx")
     with pytest.raises(
         UnsupportedFormatError, match=r"data\.xlsx.*'\.xlsx'.*\.csv.*--format \(npy, csv"
     ):
         open_source(path)
 
 
-def test_missing_path_and_bad_options(tmp: Path, npy_file: Path) -> None:
+def test_missing_path_and_bad_options(tmp_path: Path, npy_file: Path) -> None:
     with pytest.raises(SourceNotFoundError, match=r"nothere\.npy: no such file"):
-        open_source(tmp / "nothere.npy")
+        open_source(tmp_path / "nothere.npy")
     with pytest.raises(UnsupportedFormatError, match=r"unknown format 'xls'.*auto, npy"):
         open_source(npy_file, format="xls")
     with pytest.raises(
@@ -669,8 +689,8 @@ def test_missing_path_and_bad_options(tmp: Path, npy_file: Path) -> None:
 # -- expand_sources -----------------------------------------------------------------------
 
 
-def test_expand_landing_folder(tmp: Path) -> None:
-    land = tmp / "landing"
+def test_expand_landing_folder(tmp_path: Path) -> None:
+    land = tmp_path / "landing"
     land.mkdir()
     for name in [
         "b.csv",
@@ -690,30 +710,32 @@ def test_expand_landing_folder(tmp: Path) -> None:
     assert expand_sources([land / "z.zarr"]) == [land / "z.zarr"]
 
 
-def test_expand_globs_files_and_duplicates(tmp: Path) -> None:
+def test_expand_globs_files_and_duplicates(tmp_path: Path) -> None:
     for name in ["x2.csv", "x1.csv", "x3.csv.part", "y.npy"]:
-        (tmp / name).write_text("1")
-    got = expand_sources([str(tmp / "y.npy"), str(tmp / "x*.csv*"), tmp / "x1.csv", tmp])
-    assert got == [tmp / "y.npy", tmp / "x1.csv", tmp / "x2.csv"]
-    assert expand_sources([str(tmp / "x[2].csv")]) == [tmp / "x2.csv"]
+        (tmp_path / name).write_text("1")
+    got = expand_sources(
+        [str(tmp_path / "y.npy"), str(tmp_path / "x*.csv*"), tmp_path / "x1.csv", tmp_path]
+    )
+    assert got == [tmp_path / "y.npy", tmp_path / "x1.csv", tmp_path / "x2.csv"]
+    assert expand_sources([str(tmp_path / "x[2].csv")]) == [tmp_path / "x2.csv"]
 
 
-def test_expand_nothing_found(tmp: Path) -> None:
-    (tmp / "empty").mkdir()
+def test_expand_nothing_found(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SourceNotFoundError, match=r"empty: the directory holds no file"):
-        expand_sources([tmp / "empty"])
+        expand_sources([tmp_path / "empty"])
     with pytest.raises(SourceNotFoundError, match=r"\*\.h5: no file matches"):
-        expand_sources([str(tmp / "*.h5")])
+        expand_sources([str(tmp_path / "*.h5")])
     with pytest.raises(SourceNotFoundError, match=r"missing\.csv: no such file"):
-        expand_sources([tmp / "missing.csv"])
+        expand_sources([tmp_path / "missing.csv"])
 
 
 # -- content_hash -------------------------------------------------------------------------
 
 
-def test_content_hash_stable_and_sensitive(tmp: Path, rng: np.random.Generator) -> None:
+def test_content_hash_stable_and_sensitive(tmp_path: Path, rng: np.random.Generator) -> None:
     data = rng.bytes(3 * 1024 * 1024 + 17)
-    a, b = tmp / "a.bin", tmp / "b.bin"
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     a.write_bytes(data)
     b.write_bytes(data)
     h = content_hash(a)
@@ -727,26 +749,26 @@ def test_content_hash_stable_and_sensitive(tmp: Path, rng: np.random.Generator) 
     assert content_hash(a, dataset="x") != content_hash(a, dataset="y")
 
 
-def test_content_hash_across_buffer_boundaries(tmp: Path, rng: np.random.Generator) -> None:
+def test_content_hash_across_buffer_boundaries(tmp_path: Path, rng: np.random.Generator) -> None:
     data = rng.bytes(10_007)
-    (tmp / "f").write_bytes(data)
+    (tmp_path / "f").write_bytes(data)
     with mock.patch.object(hash_module, "_BUFFER_BYTES", 1000):
-        assert content_hash(tmp / "f") == f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}"
+        assert content_hash(tmp_path / "f") == f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}"
 
 
-def test_content_hash_of_a_zarr_directory(tmp: Path) -> None:
+def test_content_hash_of_a_zarr_directory(tmp_path: Path) -> None:
     def make(path: Path, value: float) -> None:
         arr = zarr.create_array(str(path), shape=(4, 2), dtype="f8", chunks=(2, 2))
         arr[:] = 1.0
         arr[3, 1] = value
 
-    make(tmp / "a.zarr", 1.0)
-    make(tmp / "b.zarr", 1.0)
-    make(tmp / "c.zarr", 2.0)
-    assert content_hash(tmp / "a.zarr") == content_hash(tmp / "b.zarr")
-    assert content_hash(tmp / "a.zarr") != content_hash(tmp / "c.zarr")
+    make(tmp_path / "a.zarr", 1.0)
+    make(tmp_path / "b.zarr", 1.0)
+    make(tmp_path / "c.zarr", 2.0)
+    assert content_hash(tmp_path / "a.zarr") == content_hash(tmp_path / "b.zarr")
+    assert content_hash(tmp_path / "a.zarr") != content_hash(tmp_path / "c.zarr")
     with pytest.raises(SourceNotFoundError, match=r"gone: no such file"):
-        content_hash(tmp / "gone")
+        content_hash(tmp_path / "gone")
 
 
 # -- rows_for_budget and memory -----------------------------------------------------------
@@ -762,17 +784,17 @@ def test_rows_for_budget() -> None:
         rows_for_budget(3, 8, 0)
 
 
-def test_large_npy_is_read_within_the_budget(tmp: Path) -> None:
-    """A ~200 MB file in blocks of a 16 MB budget: no block exceeds the budget."""
-    n_rows, n_cols = 200_000, 125  # 200 MB of float64
-    path = tmp / "big.npy"
+def test_large_npy_is_read_within_the_budget(tmp_path: Path) -> None:
+    """A 4 MB file in blocks of a 0.5 MB budget: no block exceeds the budget."""
+    n_rows, n_cols = 4_000, 125  # 4 MB of float64
+    path = tmp_path / "big.npy"
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n_rows, n_cols))
-    step = 20_000
+    step = 1_000
     for start in range(0, n_rows, step):
         out[start : start + step] = np.arange(start, start + step)[:, None]
     out.flush()
     del out
-    budget = 16 * 10**6
+    budget = 500_000
     with open_source(path) as src:
         rows = rows_for_budget(src.n_cols, src.dtype.itemsize, budget)
         total, largest = 0, 0
@@ -783,4 +805,4 @@ def test_large_npy_is_read_within_the_budget(tmp: Path) -> None:
             total += block.data.shape[0]
     assert total == n_rows
     assert largest <= budget
-    assert rows == 16_000
+    assert rows == 500

@@ -15,7 +15,6 @@ tree before the one commit.
 
 from __future__ import annotations
 
-import datetime as dt
 import pickle
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,6 +24,7 @@ import zarr
 
 from streamsvd.errors import NoFactorsError
 from streamsvd.store import layout
+from streamsvd.store.layout import now as now  # re-exported: the store's time stamps
 
 U_RAW = "U_raw"
 
@@ -186,7 +186,3 @@ def factors_summary(group: zarr.Group) -> dict[str, Any]:
         "center": factors.mean is not None,
         "updated": attrs.get("updated"),
     }
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -27,9 +27,9 @@ def store_info(store: str | Path | Store, *, version: str | None = None) -> dict
     meta = read_meta(group)
     log = read_batch_log(group)
     extra: dict[str, Any] = {}
-    if meta.kind == "sparse":
-        from streamsvd.store import sparse
+    from streamsvd.store import sparse
 
+    if meta.kind == sparse.KIND:
         rows = sparse.n_rows(group)
         stored = sparse.nnz(group)
         kinds = sparse.read_sparse_meta(group)

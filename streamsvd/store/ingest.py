@@ -9,7 +9,6 @@ skipped (said so in the report), which makes retries idempotent.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, cast
 import numpy as np
 
 from streamsvd.errors import ConfigError, InvalidInputError, ShapeMismatchError
-from streamsvd.store import checkpoints, layout
+from streamsvd.store import checkpoints, layout, sparse
 from streamsvd.store.matrix import (
     BatchRecord,
     MatrixMeta,
@@ -195,9 +194,21 @@ class SourceItem:
     array: np.ndarray | None = None
 
     def batch_id(self, dataset: str | None) -> str:
+        return self.identify(dataset)[0]
+
+    def identify(self, dataset: str | None) -> tuple[str, tuple[int, int]]:
+        """The batch id and the ``(size, mtime_ns)`` the file had just before hashing.
+
+        The stat is taken first: a file changed while (or after) it is hashed then
+        logs the stat of the content that was hashed, or an older one, never a newer
+        stat under an older hash (which would let a landing listing skip the change).
+        Arrays have no stat: ``(-1, -1)``.
+        """
         if self.array is not None:
-            return array_hash(self.array)
-        return content_hash(Path(self.path or self.name), dataset=dataset)
+            return array_hash(self.array), (-1, -1)
+        path = Path(self.path or self.name)
+        stat = file_stat(path)
+        return content_hash(path, dataset=dataset), stat
 
     def open(self, options: IngestOptions) -> Source:
         if self.array is not None:
@@ -247,28 +258,30 @@ def ingest_into(
     sparse store) go to :func:`streamsvd.store.triplets.ingest_triplets_into`.
     """
     group = tx.group
-    if options.format == "triplets" or (not created and read_meta(group).kind == "sparse"):
+    meta = None if created else read_meta(group)
+    if options.format == "triplets" or (meta is not None and meta.kind == sparse.KIND):
         from streamsvd.store.triplets import ingest_triplets_into
 
         return cast(
             _Partial,
-            ingest_triplets_into(tx, items, options, progress, created=created, on_block=on_block),
+            ingest_triplets_into(
+                tx, items, options, progress, created=created, on_block=on_block, meta=meta
+            ),
         )
-    known = {} if created else {b.id: b for b in read_batch_log(group)}
     log = [] if created else read_batch_log(group)
-    meta = None if created else read_meta(group)
+    known = {b.id: b for b in log}
     partial = _Partial(batches=[], skipped=[])
 
     # Open everything and check shapes before the first write: a wrong column
     # count anywhere fails the whole ingest before any data moves.
-    opened: list[tuple[str, str, Source]] = []
+    opened: list[tuple[str, str, tuple[int, int], Source]] = []
     try:
         for item in items:
             path = item.name
             if item.array is not None and item.array.ndim == 2 and item.array.shape[0] == 0:
                 partial.skipped.append(Skipped(path, "no rows: nothing to do"))
                 continue
-            batch_id = item.batch_id(options.dataset)
+            batch_id, stat = item.identify(options.dataset)
             if batch_id in known:
                 prev = known[batch_id]
                 partial.skipped.append(
@@ -279,14 +292,14 @@ def ingest_into(
                     )
                 )
                 continue
-            if any(batch_id == other for _, other, _ in opened):
+            if any(batch_id == other for _, other, _, _ in opened):
                 partial.skipped.append(
                     Skipped(str(path), "same content as an earlier source in this ingest")
                 )
                 continue
             source = item.open(options)
-            opened.append((path, batch_id, source))
-            expected = meta.n_cols if meta is not None else opened[0][2].n_cols
+            opened.append((path, batch_id, stat, source))
+            expected = meta.n_cols if meta is not None else opened[0][3].n_cols
             if source.n_cols != expected:
                 where = (
                     f"the store has {expected} columns"
@@ -300,7 +313,7 @@ def ingest_into(
         if not opened:
             return partial
         if meta is None:
-            first = opened[0][2]
+            first = opened[0][3]
             dtype = options.dtype or layout.default_store_dtype(np.dtype(first.dtype))
             chunk_rows = options.chunk_rows or layout.default_chunk_rows(
                 first.n_cols, np.dtype(dtype).itemsize
@@ -311,13 +324,15 @@ def ingest_into(
             init_matrix(group, meta)
         array = matrix_array(group)
         checkpoints.reached("after-open")
-        for path, batch_id, source in opened:
-            record = _ingest_one(array, meta, path, batch_id, source, options, progress, on_block)
+        for path, batch_id, stat, source in opened:
+            record = _ingest_one(
+                array, meta, path, batch_id, stat, source, options, progress, on_block
+            )
             log.append(record)
             partial.batches.append(record)
         write_batch_log(group, log)
     finally:
-        for _, _, source in opened:
+        for _, _, _, source in opened:
             source.close()
     return partial
 
@@ -342,6 +357,7 @@ def _ingest_one(
     meta: MatrixMeta,
     path: str,
     batch_id: str,
+    stat: tuple[int, int],
     source: Source,
     options: IngestOptions,
     progress: ProgressCallback | None,
@@ -373,7 +389,7 @@ def _ingest_one(
     row_stop = array.shape[0]
     if done == 0:
         raise InvalidInputError(f"{path} is empty: it has no data rows. Remove it or fill it.")
-    size, mtime_ns = (-1, -1) if isinstance(source, ArraySource) else file_stat(path)
+    size, mtime_ns = stat
     return BatchRecord(
         id=batch_id,
         source=path,
@@ -384,7 +400,7 @@ def _ingest_one(
         nan_policy=options.nan,
         nan_values=nan_values,
         dropped_rows=dropped,
-        time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        time=layout.now(),
         size=size,
         mtime_ns=mtime_ns,
     )

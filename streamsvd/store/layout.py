@@ -10,6 +10,7 @@ A store is one Icechunk repository (transactional Zarr v3). Its root group holds
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 DEFAULT_CODEC = "auto"
 #: ``auto`` compresses when Blosc lz4 shrinks a sample of the first rows at least this much.
 AUTO_MIN_RATIO = 1.25
+
+
+def now() -> str:
+    """The current UTC time to the second, ISO 8601 (the time stamps stored in a store)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def default_chunk_rows(n_cols: int, itemsize: int) -> int:

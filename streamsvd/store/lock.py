@@ -30,15 +30,14 @@ def lock_path_for(store_dir: Path) -> Path:
 
 
 @contextmanager
-def writer_lock(store_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
+def writer_lock(store_dir: Path) -> Iterator[None]:
     """Hold the exclusive writer lock of a local store.
 
     Parameters
     ----------
     store_dir : Path
-        The store directory (its parent is created if missing).
-    timeout : float
-        Seconds to wait for another writer to finish; 0 fails at once.
+        The store directory (its parent is created if missing). Does not wait:
+        a lock held by another writer fails at once.
 
     Raises
     ------
@@ -47,7 +46,7 @@ def writer_lock(store_dir: Path, *, timeout: float = 0.0) -> Iterator[None]:
     """
     store_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = lock_path_for(store_dir)
-    lock = filelock.FileLock(lock_path, timeout=timeout)
+    lock = filelock.FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -52,7 +51,7 @@ class BatchRecord:
 
 def init_matrix(group: zarr.Group, meta: MatrixMeta) -> zarr.Array:
     """Create the empty matrix and batch log in a new store's root group."""
-    created = meta.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    created = meta.created or layout.now()
     meta = MatrixMeta(**{**asdict(meta), "created": created})
     group.attrs[layout.FORMAT_KEY] = asdict(meta)
     # No sharding codec: Dask writes whole chunks only (dask#12583, zarr#3682).

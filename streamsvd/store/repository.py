@@ -46,24 +46,19 @@ class Transaction:
         self.store = store
         self.session = session
         self.group = zarr.open_group(session.store, mode="a")
-        self.committed: str | None = None
-
-    @property
-    def has_changes(self) -> bool:
-        return bool(self.session.has_uncommitted_changes)
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
         """Commit the changes as one new version; returns its id."""
         checkpoints.reached("before-commit")
         try:
-            self.committed = self.session.commit(message, metadata=metadata or {})
+            version = str(self.session.commit(message, metadata=metadata or {}))
         except icechunk.ConflictError as exc:
             raise ConflictError(
                 f"store {self.store.location} changed while this write was in progress "
                 f"({exc}); nothing was written. Run the command again."
             ) from None
         checkpoints.reached("after-commit")
-        return self.committed
+        return version
 
 
 class Store:

@@ -26,7 +26,6 @@ in the new columns (exact: those entries were never observed). See
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -48,7 +47,6 @@ DATA = f"{layout.MATRIX}/data"
 IDS = "ids"
 ROW_IDS = f"{IDS}/rows"
 COL_IDS = f"{IDS}/cols"
-ID_KINDS = ("int", "str")
 
 #: Rows per chunk of ``indptr`` (and of ``U_raw``): 512 KiB of offsets.
 DEFAULT_CHUNK_ROWS = 65536
@@ -70,11 +68,6 @@ class SparseMeta:
     col_ids: str
 
 
-def is_sparse(group: zarr.Group) -> bool:
-    """Whether a store's root group holds a sparse matrix."""
-    return read_meta(group).kind == KIND
-
-
 def read_sparse_meta(group: zarr.Group) -> SparseMeta:
     raw = cast(dict[str, Any], group.attrs[layout.FORMAT_KEY]).get(KIND) or {}
     return SparseMeta(
@@ -86,7 +79,7 @@ def read_sparse_meta(group: zarr.Group) -> SparseMeta:
 
 def init_sparse(group: zarr.Group, meta: MatrixMeta, sparse: SparseMeta) -> None:
     """Create the empty CSR arrays, id maps and batch log of a new sparse store."""
-    created = meta.created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    created = meta.created or layout.now()
     attrs: dict[str, Any] = asdict(replace(meta, kind=KIND, created=created))
     attrs[KIND] = asdict(sparse)
     group.attrs[layout.FORMAT_KEY] = attrs

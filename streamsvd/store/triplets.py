@@ -39,7 +39,6 @@ workspace), plus the id maps of the store (one id per row and per column).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,6 @@ from numpy.dtypes import StringDType
 from streamsvd.errors import ConfigError, InvalidInputError, UnsupportedFormatError
 from streamsvd.store import checkpoints, layout, sparse
 from streamsvd.store.matrix import BatchRecord, MatrixMeta, read_meta
-from streamsvd.store.sources import content_hash
 
 TRIPLETS = "triplets"
 COLUMNS = ("row_id", "col_id", "value")
@@ -112,8 +110,9 @@ def read_triplets(path: Path) -> Triplets:
         if fmt == "csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 header = next(csv.reader(handle), [])
-            chosen = _choose([h.strip() for h in header], path)
-            raw_names = [header[[h.strip() for h in header].index(c)] for c in chosen]
+            stripped = [h.strip() for h in header]
+            chosen = _choose(stripped, path)
+            raw_names = [header[stripped.index(c)] for c in chosen]
             table = pacsv.read_csv(
                 path,
                 convert_options=pacsv.ConvertOptions(
@@ -125,8 +124,7 @@ def read_triplets(path: Path) -> Triplets:
                     },
                     strings_can_be_null=False,
                 ),
-            )
-            table = table.select(raw_names)
+            )  # include_columns also orders the columns as raw_names
             offset = 2  # 1-based lines, after the header
         else:
             schema = pq.read_schema(path)
@@ -363,17 +361,22 @@ def ingest_triplets_into(
     *,
     created: bool,
     on_block: Callable[[Any, int, bool], None] | None = None,
+    meta: MatrixMeta | None = None,
 ) -> Any:
     """Ingest triplet files into an open transaction (no commit).
 
     The counterpart of :func:`streamsvd.store.ingest.ingest_into` for sparse stores:
     same arguments, same result type; ``on_block`` receives each batch's rows as a
-    ``scipy.sparse.csr_matrix`` (as wide as the store after the batch).
+    ``scipy.sparse.csr_matrix`` (as wide as the store after the batch). ``meta`` is
+    the store's metadata when the caller has read it already (else it is read here).
     """
     from streamsvd.store.ingest import Skipped, _Partial
 
     group: zarr.Group = tx.group
-    meta = None if created else read_meta(group)
+    if created:
+        meta = None
+    elif meta is None:
+        meta = read_meta(group)
     if meta is not None and meta.kind != sparse.KIND:
         raise ConfigError(
             "--format triplets needs a sparse store, but this store holds a dense matrix "
@@ -385,6 +388,7 @@ def ingest_triplets_into(
     known = {e["id"]: e for e in raw_log}
     partial = _Partial(batches=[], skipped=[])
     rows_index = cols_index = None
+    kinds = None if meta is None else sparse.read_sparse_meta(group)
     seen: set[str] = set()
     for item in items:
         if item.path is None:
@@ -393,7 +397,7 @@ def ingest_triplets_into(
             )
         path = Path(item.path)
         triplet_format(path)
-        batch_id = content_hash(path)
+        batch_id, (size, mtime_ns) = item.identify(options.dataset)
         if batch_id in known:
             prev = known[batch_id]
             partial.skipped.append(
@@ -411,7 +415,7 @@ def ingest_triplets_into(
             continue
         seen.add(batch_id)
         trip = read_triplets(path)
-        if meta is None:
+        if meta is None or kinds is None:
             dtype = options.dtype or "float64"
             meta = MatrixMeta(
                 n_cols=0,
@@ -420,15 +424,10 @@ def ingest_triplets_into(
                 codec=options.codec,
                 kind=sparse.KIND,
             )
-            sparse.init_sparse(
-                group,
-                meta,
-                sparse.SparseMeta(sparse.DEFAULT_CHUNK_NNZ, trip.row_kind, trip.col_kind),
-            )
-            meta = read_meta(group)
+            kinds = sparse.SparseMeta(sparse.DEFAULT_CHUNK_NNZ, trip.row_kind, trip.col_kind)
+            sparse.init_sparse(group, meta, kinds)
         if rows_index is None or cols_index is None:
             rows_index, cols_index = load_index(group, "rows"), load_index(group, "cols")
-        kinds = sparse.read_sparse_meta(group)
         trip = Triplets(
             row_ids=conform_ids(
                 trip.row_ids, trip.row_kind, kinds.row_ids, where=str(path), what="row_id"
@@ -467,7 +466,9 @@ def ingest_triplets_into(
             nan_policy=options.nan,
             nan_values=batch.nan_values,
             dropped_rows=batch.dropped,
-            time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            time=layout.now(),
+            size=size,
+            mtime_ns=mtime_ns,
         )
         raw_log.append(
             {
