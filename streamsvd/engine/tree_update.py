@@ -56,7 +56,8 @@ from dask.delayed import Delayed, delayed
 from numpy.typing import NDArray
 
 from streamsvd.errors import ConfigError, InvalidInputError
-from streamsvd.linalg.merge import PartialSVD, _extend_lazy, _svd, merge_svds
+from streamsvd.linalg.merge import _EPS, PartialSVD, _extend_lazy, _svd, merge_svds
+from streamsvd.linalg.tall import squared_norm
 from streamsvd.linalg.update import EXTEND_BELOW, _range_basis
 from streamsvd.store.ingest import IngestOptions, SourceItem, _cast, _validate
 from streamsvd.store.matrix import BatchRecord
@@ -75,7 +76,6 @@ __all__ = [
 
 Array = NDArray[np.float64]
 
-_EPS = float(np.finfo(np.float64).eps)
 #: Schedulers that never mean "a distributed cluster is in use" for ``parallel=None``.
 _LOCAL_SCHEDULERS = ("sync", "synchronous", "threads", "threading", "processes", "local")
 
@@ -206,7 +206,7 @@ def file_partial_svd(
     O(b n l (2 power_iters + 2)) sketched.
     """
     b, n = rows.shape
-    energy = float(np.sum(rows * rows)) * weight**2
+    energy = squared_norm(rows) * weight**2
     sketched = False
     if min(b, n) <= width:
         u, s, vt = _svd(rows)

@@ -7,13 +7,12 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-import scipy.sparse
 from dask.delayed import delayed
 from numpy.typing import ArrayLike, NDArray
 
 from streamsvd.engine.fit import compute_pass, share, tree_reduce
 from streamsvd.errors import ShapeMismatchError
-from streamsvd.linalg.sketch import dense_block, is_sparse_block
+from streamsvd.linalg.sketch import _sparse_block, _sparse_colsum, dense_block, is_sparse_block
 
 FloatArray = NDArray[np.float64]
 
@@ -70,7 +69,7 @@ def _verify_sparse_block(
     The difference loses about ``eps·‖A_i‖²`` absolute, far below the tolerance
     of :func:`streamsvd.api.verify` (``4096·eps`` on the squared relative error).
     """
-    a = scipy.sparse.csr_matrix(a_blk, dtype=np.float64)
+    a = _sparse_block(a_blk, np.float64)
     rows = a.shape[0]
     u = dense_block(u_blk, np.float64) @ t
     w = u * s
@@ -78,7 +77,7 @@ def _verify_sparse_block(
     av = np.asarray(a @ v)
     energy = float(a.data @ a.data)
     if mean is not None:
-        colsum = np.bincount(a.indices, weights=a.data, minlength=a.shape[1])
+        colsum = _sparse_colsum(a)
         av = av - (mean @ v)[None, :]
         energy = energy - 2.0 * float(mean @ colsum) + rows * float(mean @ mean)
     energy = max(energy, 0.0)

@@ -20,9 +20,7 @@ __all__ = ["compact_rows", "compacted_t", "needs_compaction"]
 Array = NDArray[np.float64]
 
 
-def needs_compaction(
-    t: ArrayLike, *, max_condition: float = 1e8, column_scale: ArrayLike | None = None
-) -> bool:
+def needs_compaction(t: ArrayLike, *, max_condition: float = 1e8) -> bool:
     """Whether ``U = U_raw T`` should be compacted (``U_raw ← U_raw T``, ``T ← I``).
 
     Every update forms the new ``U_raw`` rows through a pseudo-inverse of ``T'``, so their
@@ -37,25 +35,12 @@ def needs_compaction(
     max_condition : float, default 1e8
         Threshold on ``σ_max(T) / σ_min(T)`` (``T`` has full column rank for a valid state;
         ``σ_min = 0`` counts as infinitely ill-conditioned).
-    column_scale : array_like, shape (c,), optional
-        Column norms of ``U_raw`` when the caller tracks them. ``T`` is equilibrated by
-        them first (``diag(column_scale) T``): a column scaling such as the fit's
-        ``U_raw = A Q`` (columns of size ``σ_i``) is harmless, since ``U_raw`` carries the
-        inverse scaling, and should not trigger compaction.
 
     Returns
     -------
     bool
     """
     t_arr = _as_matrix(t, "t")
-    if column_scale is not None:
-        scale = np.asarray(column_scale, dtype=np.float64)
-        if scale.shape != (t_arr.shape[0],):
-            raise ShapeMismatchError(
-                f"column_scale must have one entry per row of t ({t_arr.shape[0]}); "
-                f"got shape {scale.shape}."
-            )
-        t_arr = scale[:, None] * t_arr
     if t_arr.shape[1] == 0:
         return False
     sig = np.linalg.svd(t_arr, compute_uv=False)

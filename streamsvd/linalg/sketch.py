@@ -44,6 +44,7 @@ import scipy.linalg
 import scipy.sparse
 from numpy.typing import NDArray
 
+from streamsvd.linalg.merge import _svd, relative_error
 from streamsvd.linalg.signs import fix_signs
 from streamsvd.linalg.tsqr import block_r, merge_r, pad_r, sliced_r
 
@@ -384,15 +385,6 @@ def finish_final_pass(
     return r_c, y_c, f_c, mean, c
 
 
-def _svd(b: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Thin SVD through LAPACK gesdd, falling back to gesvd if it does not converge."""
-    try:
-        return np.linalg.svd(b, full_matrices=False)
-    except np.linalg.LinAlgError:
-        u, s, vt = scipy.linalg.svd(b, full_matrices=False, lapack_driver="gesvd")
-        return u, s, vt
-
-
 def sketch_svd(r: FloatArray, y: FloatArray, *, rcond: float = DEFAULT_RCOND) -> SketchSVD:
     """SVD of ``B = Q_Zᵀ A`` from the R factor of ``Z = AQ`` and ``Y = AᵀZ``.
 
@@ -486,7 +478,7 @@ def truncate(
     if c is not None:
         t = np.vstack([t, -(c @ t)[None, :]])
     t_fixed, vt_fixed = fix_signs(t, vt)
-    return t_fixed.astype(np.float64), s, vt_fixed.astype(np.float64)
+    return t_fixed.astype(np.float64, copy=False), s, vt_fixed.astype(np.float64, copy=False)
 
 
 def error_summary(energy: float, s: NDArray[np.floating]) -> tuple[float, float]:
@@ -502,6 +494,5 @@ def error_summary(energy: float, s: NDArray[np.floating]) -> tuple[float, float]
     """
     if energy <= 0:
         return 0.0, 1.0
-    kept = float(np.sum(np.square(s)))
-    err2 = max(energy - kept, 0.0)
-    return float(np.sqrt(err2 / energy)), min(kept / energy, 1.0)
+    s64 = np.asarray(s, dtype=np.float64)
+    return relative_error(energy, s64), min(float(s64 @ s64) / energy, 1.0)

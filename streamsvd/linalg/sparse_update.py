@@ -36,8 +36,8 @@ import scipy.sparse
 from numpy.typing import ArrayLike, NDArray
 
 from streamsvd.errors import InvalidInputError, ShapeMismatchError
-from streamsvd.linalg.merge import relative_error
-from streamsvd.linalg.update import EXTEND_BELOW, RowAppend, append_rows
+from streamsvd.linalg.merge import _check_rank, relative_error
+from streamsvd.linalg.update import EXTEND_BELOW, RowAppend, _residual_range, append_rows
 
 __all__ = ["append_sparse_rows", "sparse_range_basis", "widen_vt"]
 
@@ -58,8 +58,13 @@ def widen_vt(vt: ArrayLike, n_cols: int) -> Array:
     return np.hstack([vt_arr, np.zeros((vt_arr.shape[0], extra))])
 
 
-def _orth(x: Array) -> Array:
-    return np.linalg.qr(x)[0]
+def _scatter(rows: Any) -> Array:
+    """The dense ``b × n`` copy of a short CSR batch, from its stored values (duplicates
+    summed)."""
+    dense = np.zeros(rows.shape)
+    row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+    np.add.at(dense, (row_of, rows.indices), rows.data)
+    return dense
 
 
 def sparse_range_basis(
@@ -72,19 +77,22 @@ def sparse_range_basis(
     seed: int,
 ) -> Array:
     """Orthonormal ``Q`` (``b × (k + width)``) spanning ``L = BV`` and the dominant range of
-    ``H = B − LVᵀ``, by products with the sparse ``B`` only.
+    ``H = B − LVᵀ``, by products with the sparse ``B`` only (the range finder of
+    :func:`streamsvd.linalg.update._range_basis`, same seed, same draws).
 
     Memory: ``O(n · width + b · (k + width))``; the products with ``B`` cost
     ``O(nnz(B) · width)`` per pass over the batch (``2·power_iters + 1`` of them).
     """
-    n = rows.shape[1]
-    omega = np.random.default_rng(seed).standard_normal((n, width))
-    y = np.asarray(rows @ omega) - lower @ (vt @ omega)
-    q = _orth(y)
-    for _ in range(power_iters):
-        z = _orth(np.asarray(rows.T @ q) - vt.T @ (lower.T @ q))
-        q = _orth(np.asarray(rows @ z) - lower @ (vt @ z))
-    return _orth(np.hstack([lower, q]))
+    return _residual_range(
+        lambda x: np.asarray(rows @ x),
+        lambda y: np.asarray(rows.T @ y),
+        rows.shape[1],
+        vt,
+        lower,
+        width=width,
+        power_iters=power_iters,
+        seed=seed,
+    )
 
 
 def append_sparse_rows(
@@ -157,19 +165,20 @@ def append_sparse_rows(
     vt = widen_vt(last_vt, rows.shape[1])
     s = np.asarray(last_s, dtype=np.float64)
     k = s.shape[0]
-    k_new = k if rank is None else int(rank)
+    k_new = _check_rank(rank, k)
     b, n = rows.shape
     width = min(k_new + oversample, n)
     sq_norm = float(rows.data @ rows.data)
     if b == 0:
         return append_rows(last_t, s, vt, last_energy, np.zeros((0, n)), rank=k_new)
-    lower = np.asarray(rows @ vt.T)
     sketched = k + width < b
+    basis: Array | None = None
     if sketched:
+        lower = np.asarray(rows @ vt.T)
         basis = sparse_range_basis(rows, vt, lower, width=width, power_iters=power_iters, seed=seed)
+        projected = np.asarray(rows.T @ basis).T  # C = QᵀB, (w, n)
     else:
-        basis = np.eye(b)
-    projected = np.asarray(rows.T @ basis).T  # C = QᵀB, (w, n)
+        projected = _scatter(rows)  # Q = I_b: C = B itself (b ≤ k + l rows)
     core = append_rows(
         last_t,
         s,
@@ -187,7 +196,7 @@ def append_sparse_rows(
         updated_s=core.updated_s,
         updated_vt=core.updated_vt,
         updated_energy=energy,
-        new_u_raw_rows=basis @ core.new_u_raw_rows,
+        new_u_raw_rows=core.new_u_raw_rows if basis is None else basis @ core.new_u_raw_rows,
         u_raw_columns_added=core.u_raw_columns_added,
         relative_error=relative_error(energy, core.updated_s),
         sketched=sketched,

@@ -140,13 +140,11 @@ def _householder_rows(block: Array) -> _HouseholderRows:
     return _HouseholderRows(r=np.triu(reflectors[:n]), reflectors=reflectors, factors=factors)
 
 
-def _cholesky_rows(block: Array, *, max_cond: float | None = None) -> _CholeskyRows | None:
+def _cholesky_rows(block: Array, *, max_cond: float = _CHOLQR_MAX_COND) -> _CholeskyRows | None:
     """Cholesky QR of a tall ``p × n`` block, or ``None`` when ``blockᵀ block`` is not
     numerically positive definite or ``cond(r)`` (``trcon`` estimate) exceeds
-    ``max_cond`` (default ``_CHOLQR_MAX_COND``). One ``syrk`` pass over the block (C or
+    ``max_cond``. One ``syrk`` pass over the block (C or
     Fortran order, float64, or float32 cast a slice at a time), no copy of it."""
-    if max_cond is None:
-        max_cond = _CHOLQR_MAX_COND
     with np.errstate(over="ignore", invalid="ignore"):
         g = gram(block)
     if not np.isfinite(np.trace(g)):  # overflow (a finite trace bounds every |G_ij|)
@@ -173,7 +171,7 @@ def _compress_rows(
     skips the condition guard), else Householder. The a-posteriori check on the left
     factor is the core step's."""
     if method != "householder":
-        chol = _cholesky_rows(block, max_cond=np.inf if method == "cholesky" else None)
+        chol = _cholesky_rows(block, max_cond=np.inf if method == "cholesky" else _CHOLQR_MAX_COND)
         if chol is not None:
             return chol
     return _householder_rows(block)

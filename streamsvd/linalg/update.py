@@ -31,6 +31,7 @@ SIAM Review 53 (2011) 217–288 (the range finder of :func:`sketch_rows`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ from streamsvd.linalg.merge import (
     _LazyRows,
     relative_error,
 )
-from streamsvd.linalg.tall import squared_norm
+from streamsvd.linalg.tall import _cast_slices, squared_norm, times
 
 __all__ = ["RowAppend", "append_rows", "sketch_rows"]
 
@@ -121,24 +122,66 @@ def _orth(x: Array) -> Array:
     return np.linalg.qr(x)[0]
 
 
+def _times_t(rows: NDArray[np.floating], y: Array) -> Array:
+    """``rowsᵀ @ y`` in float64; a float32 ``rows`` is cast a slice of rows at a time."""
+    if rows.dtype == np.float64:
+        return np.asarray(rows.T @ y, dtype=np.float64)
+    out = np.zeros((rows.shape[1], y.shape[1]))
+    for part in _cast_slices(rows):
+        out += np.asarray(rows[part], dtype=np.float64).T @ y[part]
+    return out
+
+
+def _residual_range(
+    mul: Callable[[Array], Array],
+    mul_t: Callable[[Array], Array],
+    n: int,
+    vt: Array,
+    lower: Array,
+    *,
+    width: int,
+    power_iters: int,
+    seed: int,
+) -> Array:
+    """Orthonormal ``Q`` (``b × (k + width)``) spanning ``L = B V`` (``lower``) and the
+    dominant range of ``H = B − L vt`` (Halko et al. 2011, alg. 4.4, re-orthonormalized
+    power iterations), through products ``mul(x) = B x`` and ``mul_t(y) = Bᵀ y`` only:
+    ``H x = B x − L (vt x)`` and ``Hᵀ y = Bᵀ y − V (Lᵀ y)``, so ``H`` is never formed."""
+    omega = np.random.default_rng(seed).standard_normal((n, width))
+    q = _orth(mul(omega) - lower @ (vt @ omega))
+    for _ in range(power_iters):
+        z = _orth(mul_t(q) - vt.T @ (lower.T @ q))
+        q = _orth(mul(z) - lower @ (vt @ z))
+    return _orth(np.hstack([lower, q]))
+
+
 def _range_basis(
-    rows: Array, vt: Array, *, rank: int, oversample: int, power_iters: int, seed: int
+    rows: NDArray[np.floating],
+    vt: Array,
+    *,
+    rank: int,
+    oversample: int,
+    power_iters: int,
+    seed: int,
 ) -> Array | None:
-    """Orthonormal ``Q`` (``b × l``) whose span holds ``rows @ vt.T`` and the dominant
-    range of the residual ``rows − rows vtᵀ vt`` (randomized, Halko et al. 2011, alg. 4.4
-    with re-orthonormalization at every step). ``None`` when ``l ≥ b`` (no saving)."""
+    """Orthonormal ``Q`` (``b × l``) whose span holds ``rows @ vt.T`` and the dominant range
+    of the residual ``rows − rows vtᵀ vt`` (:func:`_residual_range`). ``None`` when
+    ``l ≥ b`` (no saving). float32 rows are cast to float64 a slice at a time."""
     b, n = rows.shape
     k = vt.shape[0]
     width = min(rank + oversample, n)
     if k + width >= b:
         return None
-    along = rows @ vt.T
-    resid = rows - along @ vt
-    rng = np.random.default_rng(seed)
-    q = _orth(resid @ rng.standard_normal((n, width)))
-    for _ in range(power_iters):
-        q = _orth(resid @ _orth(resid.T @ q))
-    return _orth(np.hstack([along, q]))
+    return _residual_range(
+        lambda x: times(rows, x),
+        lambda y: _times_t(rows, y),
+        n,
+        vt,
+        times(rows, vt.T),
+        width=width,
+        power_iters=power_iters,
+        seed=seed,
+    )
 
 
 def _lazy_update(
@@ -305,20 +348,38 @@ def append_rows(
     if rows.shape[0] == 0:
         return _noop(t, s, vt, last_energy)
     if sketch_above is not None and rows.shape[0] > sketch_above:
-        return sketch_rows(
+        return _sketch(
             t,
             s,
             vt,
             last_energy,
             rows,
             rank=k_new,
-            forget=gamma,
+            gamma=gamma,
             tol=tol,
             extend_below=extend_below,
             oversample=oversample,
             power_iters=power_iters,
             seed=seed,
         )
+    return _exact(
+        t, s, vt, last_energy, rows, rank=k_new, gamma=gamma, tol=tol, extend_below=extend_below
+    )
+
+
+def _exact(
+    t: Array,
+    s: Array,
+    vt: Array,
+    last_energy: float,
+    rows: Array,
+    *,
+    rank: int,
+    gamma: float,
+    tol: float | None,
+    extend_below: float,
+) -> RowAppend:
+    """The exact Brand append of already-checked ``rows`` (``b ≥ 1``)."""
     core, lazy = _lazy_update(
         t,
         gamma * s,
@@ -327,7 +388,7 @@ def append_rows(
         left=None,
         old_extra=None,
         keep=None,
-        rank=k_new,
+        rank=rank,
         tol=tol,
         extend_below=extend_below,
     )
@@ -372,28 +433,60 @@ def sketch_rows(
     Deterministic for a given ``seed``.
     """
     t, s, vt = _check_state(last_t, last_s, last_vt, last_energy)
-    rows = _check_rows(new_rows, vt.shape[1])
+    rows = _check_rows(new_rows, vt.shape[1], keep_float32=True)
     gamma = _check_forget(forget)
     k_new = _check_rank(rank, s.shape[0])
     if rows.shape[0] == 0:
         return _noop(t, s, vt, last_energy)
+    return _sketch(
+        t,
+        s,
+        vt,
+        last_energy,
+        rows,
+        rank=k_new,
+        gamma=gamma,
+        tol=tol,
+        extend_below=extend_below,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+    )
+
+
+def _sketch(
+    t: Array,
+    s: Array,
+    vt: Array,
+    last_energy: float,
+    rows: Array,
+    *,
+    rank: int,
+    gamma: float,
+    tol: float | None,
+    extend_below: float,
+    oversample: int,
+    power_iters: int,
+    seed: int,
+) -> RowAppend:
+    """:func:`sketch_rows` on already-checked ``t, s, vt, rows`` (``b ≥ 1``, float64 or
+    float32 rows, never copied whole)."""
     basis = _range_basis(
-        rows, vt, rank=k_new, oversample=oversample, power_iters=power_iters, seed=seed
+        rows, vt, rank=rank, oversample=oversample, power_iters=power_iters, seed=seed
     )
     if basis is None:
-        return append_rows(
-            t, s, vt, last_energy, rows, rank=k_new, forget=gamma, tol=tol,
-            extend_below=extend_below,
-        )  # fmt: skip
+        return _exact(
+            t, s, vt, last_energy, rows, rank=rank, gamma=gamma, tol=tol, extend_below=extend_below
+        )
     core, lazy = _lazy_update(
         t,
         gamma * s,
         vt,
-        basis.T @ rows,
+        _times_t(rows, basis).T,
         left=basis,
         old_extra=None,
         keep=None,
-        rank=k_new,
+        rank=rank,
         tol=tol,
         extend_below=extend_below,
     )

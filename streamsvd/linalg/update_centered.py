@@ -42,6 +42,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from streamsvd.errors import InvalidInputError, ShapeMismatchError
 from streamsvd.linalg.merge import _as_vector, _check_forget, _check_rank, relative_error
+from streamsvd.linalg.tall import squared_norm
 from streamsvd.linalg.update import (
     EXTEND_BELOW,
     _check_rows,
@@ -217,12 +218,8 @@ def append_rows_centered(
         tol=tol,
         extend_below=extend_below,
     )
-    diff = batch_mean - mean
-    energy = (
-        gamma**2 * float(last_energy)
-        + float(np.sum((rows - batch_mean) ** 2))
-        + weight * b / (weight + b) * float(diff @ diff)
-    )
+    # ‖B − μ'‖² + ‖shift_row‖² = ‖B − mean(B)‖² + w b / (w + b) ‖mean(B) − μ‖²
+    energy = gamma**2 * float(last_energy) + squared_norm(centred) + float(shift_row @ shift_row)
     return CenteredAppend(
         updated_t=lazy.coef[:, :-1],
         updated_s=core.s,
