@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from streamsvd.engine import FitResult, URawSink, fit_array, verify_array
+from streamsvd.engine import fit as fit_module
 from streamsvd.engine.fit import BlockWriter
+from streamsvd.linalg import sketch as sketch_module
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.store.factors import ForkWriter, URawWriter
 
@@ -171,6 +173,8 @@ def test_rank_deficient(rng, case):
     res, sink = fit_sync(a, chunk=64, rank=k, oversample=10, power_iters=1)
     for arr in (res.t, res.s, res.vt, sink.u_raw()):
         assert np.all(np.isfinite(arr))
+    # a singular Z is seen in the power pass: its R comes from a TSQR, not ZᵀZ
+    assert list(res.timings)[-1] == "pass 2 (final, l=18, R by TSQR)"
     s_ref = np.linalg.svd(a, compute_uv=False)[:k]
     # exact in exact arithmetic (rank ≤ l); rounding ~eps·σ₁·cond
     np.testing.assert_allclose(res.s, s_ref, atol=1e-9 * max(s_ref[0], 1.0))
@@ -211,6 +215,52 @@ def test_pca_power_iterations_slow_decay(rng):
     centred = a - a.mean(axis=0)
     assert res.relative_error <= 1.01 * optimal_error(centred, 10)  # as in the uncentred case
     assert res.relative_error == pytest.approx(measured_error(a, res, sink), rel=1e-6)
+
+
+def u_of(res: FitResult, sink: DictSink) -> np.ndarray:
+    return sink.u_raw() @ res.t
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_r_from_gram_agrees_with_tsqr(rng, monkeypatch, center):
+    a = slow_decay(rng, 1500, 200) + (4.0 if center else 0.0)
+    kw: dict[str, Any] = {"rank": 10, "oversample": 10, "power_iters": 2, "center": center}
+    gram, gram_sink = fit_sync(a, chunk=200, **kw)
+    monkeypatch.setattr(fit_module, "GRAM_MAX_COND_SQ", 0.0)  # the estimate always says TSQR
+    tsqr, tsqr_sink = fit_sync(a, chunk=200, **kw)
+    assert list(gram.timings)[-1] == "pass 3 (final, l=20, R by Gram)"
+    assert list(tsqr.timings)[-1] == "pass 3 (final, l=20, R by TSQR)"
+    assert gram.passes == tsqr.passes == 3
+    # Same Z, two factors R of it: they differ by rounding, ~eps·κ(Z)² (κ² ≈ 20 here)
+    np.testing.assert_allclose(gram.s, tsqr.s, rtol=1e-12)
+    u_gram, u_tsqr = u_of(gram, gram_sink), u_of(tsqr, tsqr_sink)
+    np.testing.assert_allclose(u_gram, u_tsqr, atol=1e-11)
+    np.testing.assert_allclose(gram.vt, tsqr.vt, atol=1e-11)
+    np.testing.assert_allclose(u_gram.T @ u_gram, np.eye(10), atol=1e-12)
+    assert gram.relative_error == pytest.approx(measured_error(a, gram, gram_sink), rel=1e-6)
+
+
+def test_gram_route_falls_back_to_a_tsqr_pass(rng, monkeypatch):
+    data = CountingArray(slow_decay(rng, 1000, 120))
+    a = da.from_array(data, chunks=(100, 120))
+    kw: dict[str, Any] = {"rank": 6, "oversample": 6, "power_iters": 1, "seed": 5}
+    with dask.config.set(scheduler="sync"):
+        monkeypatch.setattr(fit_module, "GRAM_MAX_COND_SQ", 0.0)
+        tsqr = fit_array(a, **kw, sink=DictSink())
+        monkeypatch.undo()
+        # the estimate says the Gram is fine, the check after the pass says not
+        monkeypatch.setattr(sketch_module, "GRAM_MAX_COND_SQ", 1.0)
+        data.reads = 0
+        res = fit_array(a, **kw, sink=DictSink())
+    assert res.passes == 3
+    assert data.reads == 3 * a.numblocks[0]
+    assert list(res.timings) == [
+        "pass 1 (power 1/1, l=12)",
+        "pass 2 (final, l=12, R by Gram)",
+        "pass 3 (final, l=12, R by TSQR)",
+    ]
+    for name in ("t", "s", "vt"):  # the second final pass is the TSQR route's
+        np.testing.assert_array_equal(getattr(res, name), getattr(tsqr, name), err_msg=name)
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
@@ -363,4 +413,4 @@ def test_sink_protocol_and_progress(rng, capsys):
         res = fit_array(da.from_array(a, chunks=(50, 20)), rank=3, sink=sink, progress=True)
     assert sorted(sink.blocks) == [0, 50, 100, 150]  # what the final pass merged
     assert sink.shape == sink.u_raw().shape == (200, res.t.shape[0])
-    assert "pass 3 (final, l=13)" in capsys.readouterr().out
+    assert "pass 3 (final, l=13, R by Gram)" in capsys.readouterr().out

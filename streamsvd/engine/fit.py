@@ -32,6 +32,7 @@ from streamsvd.linalg.rank import (
     sketch_size,
 )
 from streamsvd.linalg.sketch import (
+    GRAM_MAX_COND_SQ,
     BlockSums,
     SketchSVD,
     combine,
@@ -275,6 +276,7 @@ def _run_passes(
     q = start_basis(n_cols, width, seed)
     iters = power_iters if width < n_cols else 0  # Q = I is already exact
     shift: FloatArray | None = None
+    cond_sq = float("inf")  # unknown before a power pass: the final pass makes a TSQR
     for it in range(iters):
         label = f"pass {len(timings) + 1} (power {it + 1}/{iters}, l={width})"
         start = time.perf_counter()
@@ -282,19 +284,58 @@ def _run_passes(
         parts = [delayed(power_block)(b, q_d, shift_d, dtype, center) for b in blocks]
         (sums,) = compute_pass([tree_reduce(parts, combine)], progress=progress, label=label)
         del parts, q_d  # the graph holds the old Q: free it before the next n × l arrays
-        q, mean = power_step(sums, q, center, shift)
+        q, mean, cond_sq = power_step(sums, q, center, shift)
         del sums
         if center:
             shift = mean
         timings[label] = time.perf_counter() - start
 
-    label = f"pass {len(timings) + 1} (final, l={width})"
+    # R from the Gram matrix when the last power pass says Z is well conditioned
+    # (estimate within 1.5×, hence the margin); checked on the true Gram after the
+    # pass, and in the rare miss the pass is made again with the TSQR.
+    with_r = cond_sq > GRAM_MAX_COND_SQ / 4
+    r, y, energy, mean, c, rows = _final_pass(
+        a, blocks, q, shift, center, sink, with_r, progress=progress, timings=timings
+    )
+    passes = iters + 1
+    if r is None:
+        r, y, energy, mean, c, rows = _final_pass(
+            a, blocks, q, shift, center, sink, True, progress=progress, timings=timings
+        )
+        passes += 1
+    assert r is not None  # with the TSQR there is always an R
+    start = time.perf_counter()
+    sketch = sketch_svd(r, y)
+    timings[next(reversed(timings))] += time.perf_counter() - start
+    return _Attempt(sketch, energy, rows, mean, c, passes)
+
+
+def _final_pass(
+    a: da.Array,
+    blocks: list[Delayed],
+    q: FloatArray,
+    shift: FloatArray | None,
+    center: bool,
+    sink: URawSink | None,
+    with_r: bool,
+    *,
+    progress: bool,
+    timings: dict[str, float],
+) -> tuple[FloatArray | None, FloatArray, float, FloatArray | None, FloatArray | None, int]:
+    """The final pass: ``U_raw`` to the sink, ``(R, Y, f, mean, c, rows)`` back.
+
+    ``R`` is None when it was to come from the Gram matrix (``with_r=False``) and
+    that proved too ill-conditioned (:func:`streamsvd.linalg.sketch.gram_r`).
+    """
+    width = q.shape[1]
+    how = "TSQR" if with_r else "Gram"
+    label = f"pass {len(timings) + 1} (final, l={width}, R by {how})"
     start = time.perf_counter()
     q_d, shift_d = share(q), share(shift)
     writer = sink.open((a.shape[0], width + int(center))) if sink is not None else None
     starts = np.concatenate([[0], np.cumsum(a.chunks[0])]).astype(int)
     outs = [
-        delayed(_final_task, pure=True)(b, q_d, shift_d, center, int(starts[i]), writer)
+        delayed(_final_task, pure=True)(b, q_d, shift_d, center, with_r, int(starts[i]), writer)
         for i, b in enumerate(blocks)
     ]
     root = tree_reduce(outs, functools.partial(_combine_final, writer=writer))
@@ -303,9 +344,8 @@ def _run_passes(
         sink.finish(token)
     del outs, root, q_d
     r, y, energy, mean, c = finish_final_pass(final, q, center, shift)
-    sketch = sketch_svd(r, y)
     timings[label] = time.perf_counter() - start
-    return _Attempt(sketch, energy, final.rows, mean, c, iters + 1)
+    return r, y, energy, mean, c, final.rows
 
 
 def _final_task(
@@ -313,10 +353,11 @@ def _final_task(
     q: FloatArray,
     shift: FloatArray | None,
     ones: bool,
+    with_r: bool,
     start: int,
     writer: BlockWriter | None,
 ) -> tuple[BlockSums, Any]:
-    z, sums = final_block(block, q, shift, ones)
+    z, sums = final_block(block, q, shift, ones, with_r)
     return sums, (writer.write(z, start) if writer is not None else None)
 
 

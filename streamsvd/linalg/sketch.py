@@ -16,6 +16,10 @@ so that ``U = Z T`` (``Z`` is never gathered: it stays on the workers or goes to
 a sink as ``U_raw``) and ``‖A − U_k S_k V_kᵀ‖_F² = f − Σ_{i≤k} S_i²`` exactly,
 because ``Z W_r Σ_r⁻¹`` has orthonormal columns.
 
+When ``Z`` is well conditioned the final pass skips the TSQR: ``ZᵀZ = QᵀY`` comes
+free with ``Y``, and ``R = Λ^½ Wᵀ`` from its eigendecomposition (see
+:data:`GRAM_MAX_COND_SQ` and :func:`gram_r`).
+
 PCA mode (centering) is carried by a *shift* ``μ₀`` subtracted inside each block
 (zero when the mean is not known yet, the mean of the first pass otherwise) and
 a ones column appended to ``Z`` for the rest ``δ = μ − μ₀`` of the mean; see
@@ -59,6 +63,14 @@ FloatArray = NDArray[np.float64]
 #: eps·σ₁² each, far under any tolerance the rank rules accept (≥ 10√eps).
 DEFAULT_RCOND = float(np.sqrt(np.finfo(np.float64).eps))
 
+
+#: Largest ``κ(Z)²`` for which ``R`` is taken from the Gram matrix ``ZᵀZ = QᵀY``
+#: instead of a TSQR of ``Z``. Factoring a Gram matrix loses about ``eps·κ²`` of
+#: orthogonality in ``Z R⁻¹`` (Cholesky QR; Householder TSQR loses ``eps·κ``):
+#: measured on 50,000 × 60 matrices, 2e-11 at κ² = 1e6 and 5e-10 at 9e6, so this
+#: bound keeps ``U`` orthonormal to ~1e-9, far inside ``verify``'s 1e-6. The TSQR
+#: was 18 % of the final pass's work on the fit benchmark (κ² = 2.6e5 there).
+GRAM_MAX_COND_SQ = 1e7
 
 #: Rows per slice of the TSQR inside one sparse block (:func:`final_block`).
 _R_SLICE_ROWS = 65536
@@ -137,14 +149,32 @@ def orthonormalize(y: NDArray[np.floating]) -> FloatArray:
 
     The result has orthonormal columns even when ``y`` is rank deficient.
     """
+    return _qr(y)[0]
+
+
+def _qr(y: NDArray[np.floating]) -> tuple[FloatArray, FloatArray]:
     # LAPACK geqrf + orgqr in place on a Fortran copy (what numpy's qr runs, with
     # one n × width copy instead of three: matters when n_cols is in the millions).
     a = np.array(y, dtype=np.float64, order="F", copy=True)
     if a.shape[0] < a.shape[1] or a.size == 0:
-        q, _ = np.linalg.qr(a, mode="reduced")
-        return q
-    q, _ = scipy.linalg.qr(a, mode="economic", overwrite_a=True, check_finite=False)
-    return np.asarray(q, dtype=np.float64)
+        q, r = np.linalg.qr(a, mode="reduced")
+        return q, r
+    q, r = scipy.linalg.qr(a, mode="economic", overwrite_a=True, check_finite=False)
+    return np.asarray(q, dtype=np.float64), np.asarray(r, dtype=np.float64)
+
+
+def condition(r: NDArray[np.floating]) -> float:
+    """``σ_max/σ_min`` of a square factor ``r`` (``inf`` when singular or empty).
+
+    Examples
+    --------
+    >>> condition(np.diag([10.0, 1.0]))
+    10.0
+    """
+    sig = np.linalg.svd(r, compute_uv=False) if r.size else np.zeros(0)
+    if sig.size == 0 or sig[-1] <= 0 or r.shape[0] < r.shape[1]:
+        return float("inf")
+    return float(sig[0] / sig[-1])
 
 
 def dense_block(block: Any, dtype: type[np.floating] = np.float64) -> NDArray[np.floating]:
@@ -195,7 +225,7 @@ def _sparse_power(block: Any, q: NDArray[np.floating], shift: FloatArray | None)
 
 
 def _sparse_final(
-    block: Any, q: FloatArray, shift: FloatArray | None, ones: bool
+    block: Any, q: FloatArray, shift: FloatArray | None, ones: bool, with_r: bool
 ) -> tuple[FloatArray, BlockSums]:
     """:func:`final_block` on a sparse block, the shift applied algebraically.
 
@@ -219,7 +249,7 @@ def _sparse_final(
     if ones:
         z = np.hstack([z, np.ones((rows, 1))])
     # R of z by TSQR over row slices: O(slice × width) extra memory instead of a copy of z.
-    r = sliced_r(z, _R_SLICE_ROWS)
+    r = sliced_r(z, _R_SLICE_ROWS) if with_r else None
     sums = BlockSums(y=y, colsum=colsum, rows=rows, sqnorm=max(sqnorm, 0.0), r=r)
     return z, sums
 
@@ -266,18 +296,20 @@ def final_block(
     q: FloatArray,
     shift: FloatArray | None = None,
     ones: bool = False,
+    with_r: bool = True,
 ) -> tuple[FloatArray, BlockSums]:
     """Kernel of the final pass on one row block, always in float64.
 
     Returns ``(z, sums)``: ``z = [A_i Q]`` or ``[A_i Q, 1]`` when ``ones`` (the
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
-    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and the R factor of
-    ``z``; ``A_i`` is the block minus ``shift``. Memory: the block as given, one
-    slice of about 2 MiB in float64 and ``(n_rows_i + n_cols) × width`` float64. A
-    scipy.sparse block is never densified (products with its stored values only).
+    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and, if
+    ``with_r``, the R factor of ``z``; ``A_i`` is the block minus ``shift``.
+    Memory: the block as given, one slice of about 2 MiB in float64 and
+    ``(n_rows_i + n_cols) × width`` float64. A scipy.sparse block is never
+    densified (products with its stored values only).
     """
     if is_sparse_block(block):
-        return _sparse_final(block, q, shift, ones)
+        return _sparse_final(block, q, shift, ones, with_r)
     raw = np.asarray(block)
     rows, n_cols = raw.shape
     width = q.shape[1]
@@ -291,14 +323,15 @@ def final_block(
             a = a - shift
         if ones:  # the column sums serve the mean, in PCA mode only
             colsum += a.sum(axis=0)
-        sqnorm += float(np.einsum("ij,ij->", a, a))
+        flat = a.ravel()  # contiguous: BLAS ddot, 3× faster than einsum here
+        sqnorm += float(flat @ flat)
         z_slice = a @ q
         z[rows_slice, :width] = z_slice
         yt += z_slice.T @ a
     if ones:
         z[:, width] = 1.0
-    sums = BlockSums(y=yt.T, colsum=colsum, rows=rows, sqnorm=sqnorm, r=block_r(z))
-    return z, sums
+    r = block_r(z) if with_r else None
+    return z, BlockSums(y=yt.T, colsum=colsum, rows=rows, sqnorm=sqnorm, r=r)
 
 
 def _slices(rows: int, n_cols: int, dtype: type[np.floating]) -> list[slice]:
@@ -328,8 +361,9 @@ def combine(parts: Sequence[BlockSums]) -> BlockSums:
 
 def power_step(
     sums: BlockSums, q: FloatArray, center: bool, shift: FloatArray | None
-) -> tuple[FloatArray, FloatArray | None]:
-    """Finish a power pass in memory: the next orthonormal ``Q`` and the column mean.
+) -> tuple[FloatArray, FloatArray | None, float]:
+    """Finish a power pass in memory: the next orthonormal ``Q``, the column mean
+    and an estimate of ``κ(AQ)²`` for that ``Q``.
 
     In PCA mode the centred product is ``A_cᵀA_c Q = A'ᵀA'Q − m δ(δᵀQ)`` with
     ``A' = A − 1μ₀ᵀ`` the shifted blocks and ``δ = colsum(A')/m`` the rest of the
@@ -340,6 +374,11 @@ def power_step(
     q : ndarray, shape (n_cols, width)
     mean : ndarray, shape (n_cols,) or None
         ``μ₀ + δ`` in PCA mode, else None.
+    cond_sq : float
+        ``κ`` of the R factor of ``Y = AᵀAQ_prev``: its singular values are about
+        ``σ_j(A)²``, so this estimates ``κ(AQ)²`` for the next pass before it is
+        made (within 1.5× on steep, slow, flat and noisy spectra after two power
+        iterations; too high where the tail has not converged).
     """
     y = sums.y
     mean = None
@@ -348,12 +387,13 @@ def power_step(
         delta = sums.colsum / m if m else np.zeros_like(sums.colsum)
         y = y - m * np.outer(delta, delta @ q)
         mean = delta if shift is None else shift + delta
-    return orthonormalize(y), mean
+    q_next, r = _qr(y)
+    return q_next, mean, condition(r)
 
 
 def finish_final_pass(
     sums: BlockSums, q: FloatArray, center: bool, shift: FloatArray | None
-) -> tuple[FloatArray, FloatArray, float, FloatArray | None, FloatArray | None]:
+) -> tuple[FloatArray | None, FloatArray, float, FloatArray | None, FloatArray | None]:
     """Turn the sums of the final pass into ``(R, Y, f, mean, c)`` of the (centred) matrix.
 
     Without centering: ``R`` (padded to ``width × width``), ``Y = AᵀZ``, ``f = ‖A‖_F²``.
@@ -368,21 +408,53 @@ def finish_final_pass(
 
     ``c`` is returned so the caller can append the row ``−cᵀT₀`` to ``T``
     (``U = [Z', 1] E T₀``).
+
+    Sums without an R factor (``final_block(..., with_r=False)``) take ``R`` from
+    the Gram matrix ``Z_cᵀZ_c = QᵀY_c`` (:func:`gram_r`); ``R`` is None when that is
+    too ill-conditioned, and the pass must be made again with the TSQR.
     """
-    if sums.r is None:
-        raise ValueError("final-pass sums carry no R factor")
     width = q.shape[1]
     if not center:
-        return pad_r(sums.r, width), sums.y, max(sums.sqnorm, 0.0), None, None
+        y, f = sums.y, max(sums.sqnorm, 0.0)
+        if sums.r is None:
+            return gram_r(q.T @ y), y, f, None, None
+        return pad_r(sums.r, width), y, f, None, None
     m = sums.rows
     delta = sums.colsum / m if m else np.zeros_like(sums.colsum)
     c = q.T @ delta
-    e = np.vstack([np.eye(width), -c[None, :]])
-    r_c = pad_r(block_r(pad_r(sums.r, width + 1) @ e), width)
     y_c = sums.y - m * np.outer(delta, c)
     f_c = max(sums.sqnorm - m * float(delta @ delta), 0.0)
     mean = delta if shift is None else shift + delta
+    if sums.r is None:
+        return gram_r(q.T @ y_c), y_c, f_c, mean, c
+    e = np.vstack([np.eye(width), -c[None, :]])
+    r_c = pad_r(block_r(pad_r(sums.r, width + 1) @ e), width)
     return r_c, y_c, f_c, mean, c
+
+
+def gram_r(gram: NDArray[np.floating]) -> FloatArray | None:
+    """A factor ``R`` with ``RᵀR = G`` from a Gram matrix ``G = ZᵀZ``, or None.
+
+    ``R = Λ^½ Wᵀ`` from ``G = W Λ Wᵀ``, the eigenvalues descending; None when
+    ``λ_max/λ_min > GRAM_MAX_COND_SQ`` (or ``G`` is zero), where only a QR of
+    ``Z`` itself keeps ``Z R⁻¹`` orthonormal. :func:`sketch_svd` accepts any
+    such ``R``, triangular or not.
+
+    Examples
+    --------
+    >>> z = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    >>> r = gram_r(z.T @ z)
+    >>> bool(np.allclose(r.T @ r, z.T @ z))
+    True
+    >>> gram_r(np.diag([1.0, 1e-12])) is None
+    True
+    """
+    g = (np.asarray(gram, dtype=np.float64) + np.asarray(gram, dtype=np.float64).T) / 2
+    lam, w = np.linalg.eigh(g)
+    lam, w = lam[::-1], w[:, ::-1]
+    if lam.size == 0 or lam[-1] <= 0 or lam[0] > GRAM_MAX_COND_SQ * lam[-1]:
+        return None
+    return np.asarray(np.sqrt(lam)[:, None] * w.T, dtype=np.float64)
 
 
 def sketch_svd(r: FloatArray, y: FloatArray, *, rcond: float = DEFAULT_RCOND) -> SketchSVD:
