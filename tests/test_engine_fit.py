@@ -13,8 +13,8 @@ import pytest
 from streamsvd.engine import FitResult, URawSink, fit_array, verify_array
 from streamsvd.engine import fit as fit_module
 from streamsvd.engine.fit import BlockWriter
-from streamsvd.linalg import sketch as sketch_module
 from streamsvd.errors import ConfigError, InvalidInputError
+from streamsvd.linalg import sketch as sketch_module
 from streamsvd.store.factors import ForkWriter, URawWriter
 
 EPS = np.finfo(np.float64).eps

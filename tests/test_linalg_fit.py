@@ -63,8 +63,9 @@ def test_power_step_estimates_the_condition_of_the_next_z(rng, decay):
     actual = (sig[0] / sig[-1]) ** 2  # κ² of the Z the final pass will form
     # the engine trusts the Gram route up to GRAM_MAX_COND_SQ / 4 on this estimate
     # and checks the true Gram after the pass: an estimate far too low would make
-    # that check fail (and the pass repeat) often; one too high only costs a TSQR
-    assert actual / 2 <= estimate <= 2 * actual
+    # that check fail (and the pass repeat) often; one too high only costs a TSQR.
+    # Over 40 seeds: estimate/actual 1.07-2.9 (steep), 1.19-1.32 (slow), 1.00 (flat).
+    assert actual / 2 <= estimate <= 5 * actual
 
 
 def test_tsqr_r_matches_gram(rng):
