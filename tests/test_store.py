@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamsvd.errors import (
     InvalidInputError,
@@ -17,7 +19,7 @@ from streamsvd.errors import (
 )
 from streamsvd.store.info import store_info
 from streamsvd.store.ingest import IngestOptions, ingest
-from streamsvd.store.matrix import matrix_array, read_batch_log
+from streamsvd.store.matrix import matrix_array, read_batch_log, write_rows
 from streamsvd.store.repository import Store
 from tests.conftest import write_npy
 
@@ -319,3 +321,21 @@ def test_gc_removes_old_factors_and_orphans_but_keeps_the_newest(
     bad = CliRunner().invoke(app, ["gc", str(store), "--older-than", "-1"])
     assert bad.exit_code != 0
     assert "--older-than" in bad.output
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    chunk=st.integers(1, 9),
+    writes=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 25)), min_size=1, max_size=5),
+)
+def test_write_rows_by_chunk_equals_one_assignment(chunk, writes):
+    rng = np.random.default_rng(len(writes) * 100 + chunk)
+    array = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=(70, 3), chunks=(chunk, 3), dtype="float64"
+    )
+    expect = np.zeros((70, 3))
+    for start, length in writes:
+        rows = rng.standard_normal((length, 3))
+        write_rows(array, rows, start)  # unaligned starts, partial and whole chunks
+        expect[start : start + length] = rows
+    np.testing.assert_array_equal(array[:], expect)

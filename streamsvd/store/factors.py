@@ -25,6 +25,7 @@ import zarr
 from streamsvd.errors import NoFactorsError
 from streamsvd.store import layout
 from streamsvd.store.layout import now as now  # re-exported: the store's time stamps
+from streamsvd.store.matrix import write_rows
 
 U_RAW = "U_raw"
 
@@ -110,7 +111,9 @@ class ForkWriter:
     def write(self, rows: np.ndarray, start: int) -> Any:
         fork = pickle.loads(self.fork_bytes)
         array = zarr.open_array(fork.store, path=f"{layout.FACTORS}/{U_RAW}", mode="a")
-        array[start : start + rows.shape[0]] = rows
+        # Skip zarr's scan of every chunk for all-zero ones: U_raw's (rare) zero
+        # chunks would only be stored, not lost.
+        write_rows(array.with_config({"write_empty_chunks": True}), rows, start)
         return fork
 
     def merge(self, forks: list[Any]) -> Any:

@@ -139,7 +139,24 @@ class RowAppender:
 
 def _write_rows(array: zarr.Array, block: np.ndarray[Any, Any], start: int, stop: int) -> None:
     array.resize((stop, array.shape[1]))
-    array[start:stop] = block
+    write_rows(array, block, start)
+
+
+def write_rows(array: zarr.Array, rows: np.ndarray[Any, Any], start: int) -> None:
+    """``array[start : start + len(rows)] = rows``, one row chunk per assignment.
+
+    Zarr passes a value that is exactly one chunk to the codecs as it is; a value
+    spanning several chunks is copied piece by piece into new fill-valued chunks
+    first. Chunk by chunk, writing ``U_raw`` in the fit took 0.13-0.15 s of CPU
+    instead of 0.27-0.35 s for 488 MB (61 blocks from two threads).
+    """
+    step = int(array.chunks[0])
+    stop = start + rows.shape[0]
+    lo = start
+    while lo < stop:
+        hi = min(stop, (lo // step + 1) * step)
+        array[lo:hi] = rows[lo - start : hi - start]
+        lo = hi
 
 
 def append_block(array: zarr.Array, block: np.ndarray[Any, Any]) -> tuple[int, int]:
