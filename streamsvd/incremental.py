@@ -39,7 +39,13 @@ from streamsvd.store.ingest import (
     ingest_into,
     resolve_sources,
 )
-from streamsvd.store.matrix import BatchRecord, RowAppender, matrix_array, read_meta
+from streamsvd.store.matrix import (
+    BatchRecord,
+    RowAppender,
+    append_block,
+    matrix_array,
+    read_meta,
+)
 from streamsvd.store.repository import Store
 
 #: Condition number of T above which U_raw is compacted (see linalg.compaction).
@@ -66,6 +72,29 @@ class _State:
     sketched: int = 0
     columns_added: int = 0
     u_raw_writes: RowAppender | None = None  # background writes of new U_raw rows
+
+    @property
+    def u_raw_rows(self) -> int:
+        """Rows of ``U_raw``, those still being written included."""
+        writes = self.u_raw_writes
+        return writes.rows if writes is not None else int(self.u_raw.shape[0])
+
+    def widen_u_raw(self, new_columns: int) -> None:
+        """Add ``new_columns`` to ``U_raw``; they read as the fill value 0 on the
+        old rows, so nothing old is rewritten."""
+        if not new_columns:
+            return
+        if self.u_raw_writes is not None:
+            self.u_raw_writes.flush()
+        self.u_raw.resize((self.u_raw.shape[0], self.u_raw.shape[1] + new_columns))
+        self.columns_added += new_columns
+
+    def append_u_raw(self, rows: np.ndarray) -> None:
+        """Append rows to ``U_raw`` (in the background when a writer is open)."""
+        if self.u_raw_writes is not None:
+            self.u_raw_writes.append(rows)
+        else:
+            append_block(self.u_raw, rows)
 
 
 @dataclass(frozen=True)
@@ -254,7 +283,6 @@ def update(
                         fold_in(block, start, start == covered)
                 tree_record: dict[str, Any] = {}
                 if use_tree:
-                    u_raw_writes.flush()  # the tree writes U_raw itself
                     partial = ingest_into(tx, items, options, progress, created=False)
                     tree = tree_fold_in(
                         state,
@@ -417,20 +445,8 @@ def _append(state: _State, rows: np.ndarray, forget: float, sketch_above: int | 
             sketch_above=sketch_above,
         )
         state.rows_seen = state.rows_seen * forget**2 + rows.shape[0]
-    u_raw = state.u_raw
-    writes = state.u_raw_writes
-    if result.u_raw_columns_added:
-        if writes is not None:
-            writes.flush()
-        # New columns read as the fill value 0 on the old rows: nothing old is rewritten.
-        u_raw.resize((u_raw.shape[0], u_raw.shape[1] + result.u_raw_columns_added))
-        state.columns_added += result.u_raw_columns_added
-    if writes is not None:
-        writes.append(result.new_u_raw_rows)
-    else:
-        start = u_raw.shape[0]
-        u_raw.resize((start + rows.shape[0], u_raw.shape[1]))
-        u_raw[start:] = result.new_u_raw_rows
+    state.widen_u_raw(result.u_raw_columns_added)
+    state.append_u_raw(result.new_u_raw_rows)
     state.t = result.updated_t
     state.s = result.updated_s
     state.vt = result.updated_vt

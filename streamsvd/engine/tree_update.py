@@ -438,16 +438,12 @@ def tree_fold_in(
             down[second] = node.mix_second @ down[n_files + j]
         row_tasks = [delayed(_rows_task, pure=True)(held[i], down[i]) for i in range(n_files)]
         new_rows = dask.compute(*row_tasks)
-    u_raw = state.u_raw
-    if lazy.added:
-        u_raw.resize((u_raw.shape[0], u_raw.shape[1] + lazy.added))
-        state.columns_added += lazy.added
+    state.widen_u_raw(lazy.added)
     for batch, rows in zip(batches, new_rows, strict=True):
-        start = int(u_raw.shape[0])
+        start = state.u_raw_rows
         if start != batch.row_start:  # pragma: no cover - an invariant of the store
             raise RuntimeError(f"U_raw has {start} rows but batch starts at {batch.row_start}")
-        u_raw.resize((start + rows.shape[0], u_raw.shape[1]))
-        u_raw[start:] = rows
+        state.append_u_raw(rows)
     weights = [forget ** (n_files - 1 - i) for i in range(n_files)]
     state.rows_seen = state.rows_seen * forget ** (2 * n_files) + sum(
         b.rows * w**2 for b, w in zip(batches, weights, strict=True)
