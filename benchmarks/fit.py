@@ -31,7 +31,9 @@ q = 2 power iterations, seed 0:
   slice, as the fit does) and in float32, by row slices that stay in cache;
   each run four times in its child. The floor of a q = 2 fit at the precision
   streamsvd uses is 2 float32 passes + 1 float64 pass (it leaves out the R
-  factor and writing ``U_raw``, which the fit also does).
+  factor and writing ``U_raw``, which the fit also does);
+* not in the floor, to show what the fit's one write costs here: ``U_raw``'s
+  bytes (rows × 60 float64) written as new plain files from two threads, twice.
 
 Every method runs ``--repeat`` times (default 3), each time in a new child, in
 rounds (every method once, then again), so a slow spell of this shared machine
@@ -84,6 +86,7 @@ METHODS = (
     "floor-read",
     "floor-f64",
     "floor-f32",
+    "floor-write",
     "streamsvd-local",
     "streamsvd-threads",
     "dask",
@@ -115,6 +118,37 @@ def residual_sq(
 
 
 # ----------------------------------------------------------------------------- children
+
+
+def child_write(store: Path) -> None:
+    """Write ``U_raw``'s bytes (rows × l float64) as new plain files, two threads.
+
+    Not part of the floor: it shows what the fit's one write costs on this
+    machine (new page-cache pages; much dearer on first touch in this VM).
+    """
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamsvd.api import matrix_as_dask
+
+    a = matrix_as_dask(open_matrix(store))
+    block = np.random.default_rng(SEED).standard_normal((a.chunks[0][0], RANK + OVERSAMPLE))
+    sizes = a.chunks[0]
+    runs = []
+    for _ in range(2):
+        folder = Path(tempfile.mkdtemp(dir=store.parent))
+
+        def write(i: int, folder: Path = folder) -> None:
+            block[: sizes[i]].tofile(folder / f"{i}.bin")
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(write, range(len(sizes))))
+        runs.append(time.perf_counter() - start)
+        shutil.rmtree(folder)
+    mark_measured()
+    report({"seconds": min(runs), "runs": runs, "passes": "–", "blocks": a.numblocks[0]})
 
 
 def child_floor(store: Path, kind: str) -> None:
@@ -271,7 +305,9 @@ def child_sklearn(store: Path) -> None:
 
 
 def run_as_child(name: str, store: Path) -> None:
-    if name.startswith("floor-"):
+    if name == "floor-write":
+        child_write(store)
+    elif name.startswith("floor-"):
         child_floor(store, name.removeprefix("floor-"))
     elif name == "streamsvd-local":
         child_streamsvd(store, "local")
@@ -424,6 +460,8 @@ def print_tables(results: dict[str, Measured], ref: dict[str, float], rows: int)
         "floor-read": "floor: 1 plain read pass (a.sum() via dask)",
         "floor-f64": "floor: 1 pass A_iᵀ(A_i Ω), float64",
         "floor-f32": "floor: 1 pass A_iᵀ(A_i Ω), float32",
+        "floor-write": f"not in the floor: U_raw's bytes ({RANK + OVERSAMPLE} float64 a row) "
+        "as new files",
     }
     table: list[list[object]] = []
     for name in METHODS:
