@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from streamsvd.errors import (
     ShapeMismatchError,
     StoreNotFoundError,
 )
+from streamsvd.store.factors import write_whole_chunks
 from streamsvd.store.info import store_info
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.matrix import matrix_array, read_batch_log, write_rows
@@ -339,3 +341,37 @@ def test_write_rows_by_chunk_equals_one_assignment(chunk, writes):
         write_rows(array, rows, start)  # unaligned starts, partial and whole chunks
         expect[start : start + length] = rows
     np.testing.assert_array_equal(array[:], expect)
+
+
+def plain_array(**kw):
+    kw = {"shape": (10, 3), "chunks": (4, 3), "dtype": "float64", "compressors": None, **kw}
+    return zarr.create_array(zarr.storage.MemoryStore(), **kw)
+
+
+def test_write_whole_chunks_stores_what_zarr_stores(rng):
+    direct, through_zarr = plain_array(), plain_array()
+    rows = rng.standard_normal((10, 3))
+    for lo, hi in [(0, 8), (8, 10)]:  # two whole chunks, then the edge chunk (padded)
+        assert write_whole_chunks(direct, rows[lo:hi], lo)
+        through_zarr[lo:hi] = rows[lo:hi]
+    np.testing.assert_array_equal(direct[:], rows)
+    for key in ["c/0/0", "c/1/0", "c/2/0"]:  # the same stored bytes, key by key
+        proto = zarr.core.buffer.default_buffer_prototype()
+        stored = [zarr.core.sync.sync(a.store.get(key, proto)) for a in (direct, through_zarr)]
+        assert stored[0].to_bytes() == stored[1].to_bytes()
+
+
+def test_write_whole_chunks_declines_what_it_cannot_write(rng):
+    rows = rng.standard_normal((4, 3))
+    assert not write_whole_chunks(plain_array(), rows, 2)  # not at a chunk boundary
+    assert not write_whole_chunks(plain_array(), rows[:3], 0)  # ends inside a chunk
+    compressed = plain_array(compressors=zarr.codecs.ZstdCodec())
+    assert not write_whole_chunks(compressed, rows, 0)  # chunks are not plain bytes
+
+    async def on_a_loop():
+        return write_whole_chunks(plain_array(), rows, 0)
+
+    assert not asyncio.run(on_a_loop())  # a running loop is left to zarr's own thread
+    untouched = plain_array()
+    write_whole_chunks(untouched, rows, 2)
+    np.testing.assert_array_equal(untouched[:], np.zeros((10, 3)))
