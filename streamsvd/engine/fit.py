@@ -10,6 +10,7 @@ on any scheduler and any number of workers. The numerical steps are in
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,8 @@ class FitResult:
 
 def current_client() -> Any | None:
     """The ``distributed.Client`` that ``dask.compute`` would use now, or None."""
+    if "distributed" not in sys.modules:  # no client without it; importing it takes 0.1 s
+        return None
     try:
         from distributed import Client, default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
