@@ -18,7 +18,7 @@ from streamsvd.errors import (
     ShapeMismatchError,
     StoreNotFoundError,
 )
-from streamsvd.store.factors import write_whole_chunks
+from streamsvd.store.chunks import is_plain, write_whole_chunks
 from streamsvd.store.info import store_info
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.matrix import matrix_array, read_batch_log, write_rows
@@ -367,6 +367,9 @@ def test_write_whole_chunks_declines_what_it_cannot_write(rng):
     assert not write_whole_chunks(plain_array(), rows[:3], 0)  # ends inside a chunk
     compressed = plain_array(compressors=zarr.codecs.ZstdCodec())
     assert not write_whole_chunks(compressed, rows, 0)  # chunks are not plain bytes
+    assert is_plain(plain_array())
+    assert not is_plain(compressed)
+    assert not is_plain(plain_array(chunks=(4, 2)))  # chunks must span the columns
 
     async def on_a_loop():
         return write_whole_chunks(plain_array(), rows, 0)
