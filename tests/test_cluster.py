@@ -75,3 +75,17 @@ def test_embedded_cluster_runs_without_profiler_and_stealing() -> None:
 
     # The settings were scoped to the cluster's start, not left in the global config.
     assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def test_shared_objects_are_on_every_worker() -> None:
+    # Scattered data has no lineage: on one worker only, losing that worker cancels
+    # every task that needs it (seen once as FutureCancelledError in the lost-worker test).
+    import numpy as np
+
+    from streamsvd.engine.fit import share
+
+    with dask_client(None, n_workers=2, threads_per_worker=1) as client:
+        shared = share(np.arange(10.0))
+        holders = client.who_has([shared])[shared.key]
+        assert len(holders) == 2
+        assert sorted(holders) == sorted(client.scheduler_info()["workers"])

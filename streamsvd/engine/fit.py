@@ -184,12 +184,17 @@ def current_client() -> Any | None:
 
 
 def share(value: Any) -> Any:
-    """Put a small in-memory object in the graph once (scattered on a cluster)."""
+    """Put a small in-memory object in the graph once (scattered on a cluster).
+
+    Scattered data has no lineage: if the only worker holding it dies, every task
+    that needs it is cancelled. Broadcast, it survives a lost worker, and costs no
+    memory that the tasks would not cost anyway (each worker fetches it to run them).
+    """
     if value is None:
         return None
     client = current_client()
     if client is not None:
-        return client.scatter(value, broadcast=False)
+        return client.scatter(value, broadcast=True)
     return delayed(value, pure=True)
 
 
