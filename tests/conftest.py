@@ -70,6 +70,21 @@ def write_triplets(path: Path, rows: object, cols: object, values: object) -> Pa
     return path
 
 
+def count_landing_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every file the landing listing hashes (the hashes stay real)."""
+    import streamsvd.store.landing as landing
+
+    hashed: list[Path] = []
+    real_hash = landing.content_hash
+
+    def counting_hash(path: Path, *, dataset: str | None = None) -> str:
+        hashed.append(path)
+        return real_hash(path, dataset=dataset)
+
+    monkeypatch.setattr(landing, "content_hash", counting_hash)
+    return hashed
+
+
 def fitted_store(tmp: Path, data: np.ndarray, rank: int, **fit_args: Any) -> Path:
     """A store of ``data`` (64-row chunks) with a synchronous fit of ``rank``."""
     import streamsvd

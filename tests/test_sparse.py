@@ -19,7 +19,7 @@ from streamsvd.linalg.update import append_rows
 from streamsvd.store import sparse
 from streamsvd.store.repository import Store
 from streamsvd.store.triplets import IdIndex
-from tests.conftest import write_triplets
+from tests.conftest import count_landing_hashes, write_triplets
 
 TRIPLETS = streamsvd.IngestOptions(format="triplets", chunk_rows=32)
 
@@ -247,14 +247,7 @@ def test_triplet_landing_listing_does_not_rehash_logged_files(
     stat = old.stat()
     assert (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
     new = write_triplets(folder / "002.csv", [3], [10], [3.0])
-    hashed: list[Path] = []
-    real_hash = landing.content_hash
-
-    def counting_hash(path: Path, *, dataset: str | None = None) -> str:
-        hashed.append(path)
-        return real_hash(path, dataset=dataset)
-
-    monkeypatch.setattr(landing, "content_hash", counting_hash)
+    hashed = count_landing_hashes(monkeypatch)
     assert landing.new_sources(tmp_path / "s", [folder]) == [new]
     assert hashed == [new]  # the logged, unchanged triplet file was not read
 

@@ -23,7 +23,7 @@ from streamsvd.store.info import store_info
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.matrix import matrix_array, read_batch_log, write_rows
 from streamsvd.store.repository import Store
-from tests.conftest import write_npy
+from tests.conftest import count_landing_hashes, write_npy
 
 
 def stored_rows(store: Path) -> np.ndarray:
@@ -237,14 +237,7 @@ def test_landing_listing_does_not_rehash_logged_files(
     old = write_npy(folder / "001.npy", rng.standard_normal((5, 2)))
     ingest(tmp_path / "s", [folder])
     new = write_npy(folder / "002.npy", rng.standard_normal((4, 2)))
-    hashed: list[Path] = []
-    real_hash = landing.content_hash
-
-    def counting_hash(path: Path, *, dataset: str | None = None) -> str:
-        hashed.append(path)
-        return real_hash(path, dataset=dataset)
-
-    monkeypatch.setattr(landing, "content_hash", counting_hash)
+    hashed = count_landing_hashes(monkeypatch)
     assert landing.new_sources(tmp_path / "s", [folder]) == [new]
     assert hashed == [new]  # the logged, unchanged file was not read
     old.write_bytes(old.read_bytes())  # same content, new mtime: hashed, still known
