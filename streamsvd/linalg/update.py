@@ -432,22 +432,17 @@ def sketch_rows(
     Cost O(b n l (2 power_iters + 2) + l n min(l, n) + (k + l)³); memory O(b (n + l)).
     Deterministic for a given ``seed``.
     """
-    t, s, vt = _check_state(last_t, last_s, last_vt, last_energy)
-    rows = _check_rows(new_rows, vt.shape[1], keep_float32=True)
-    gamma = _check_forget(forget)
-    k_new = _check_rank(rank, s.shape[0])
-    if rows.shape[0] == 0:
-        return _noop(t, s, vt, last_energy)
-    return _sketch(
-        t,
-        s,
-        vt,
+    return append_rows(
+        last_t,
+        last_s,
+        last_vt,
         last_energy,
-        rows,
-        rank=k_new,
-        gamma=gamma,
+        new_rows,
+        rank=rank,
+        forget=forget,
         tol=tol,
         extend_below=extend_below,
+        sketch_above=0,  # every non-empty batch
         oversample=oversample,
         power_iters=power_iters,
         seed=seed,
