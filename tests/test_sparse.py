@@ -228,6 +228,9 @@ def test_ingest_groups_rows_sums_duplicates_and_keeps_id_maps(tmp_path: Path) ->
     assert log[0]["nnz"] == 4
     info = streamsvd.info(store)
     assert (info["kind"], info["rows"], info["cols"], info["nnz"]) == ("sparse", 3, 3, 4)
+    # the default codec (auto) resolves to lz4 for sparse stores, never left unresolved
+    assert info["codec"] == "lz4"
+    assert len(group[sparse.DATA].compressors) == 1
     assert (info["row_ids"], info["col_ids"]) == ("str", "str")
     again = streamsvd.ingest(store, [path], options=TRIPLETS)
     assert again.version is None

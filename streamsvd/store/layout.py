@@ -93,9 +93,11 @@ def resolve_codec(codec: str, sample: np.ndarray | None) -> str:
 
 
 def compressors_for(codec: str) -> Any:
-    """The Zarr v3 compressor list for a codec name."""
+    """The Zarr v3 compressor list for a resolved codec name (see :func:`resolve_codec`)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
+    if codec == "auto":
+        raise ValueError("codec 'auto' must be resolved first (layout.resolve_codec)")
     if codec == "zstd":
         return [ZstdCodec(level=1)]
     if codec == "lz4":

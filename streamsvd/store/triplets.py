@@ -421,7 +421,8 @@ def ingest_triplets_into(
                 n_cols=0,
                 dtype=dtype,
                 chunk_rows=options.chunk_rows or sparse.DEFAULT_CHUNK_ROWS,
-                codec=options.codec,
+                # auto: lz4 (no dense sample to judge by; indices always shrink)
+                codec=layout.resolve_codec(options.codec, None),
                 kind=sparse.KIND,
             )
             kinds = sparse.SparseMeta(sparse.DEFAULT_CHUNK_NNZ, trip.row_kind, trip.col_kind)
