@@ -244,14 +244,25 @@ def test_gram_route_falls_back_to_a_tsqr_pass(rng, monkeypatch):
     data = CountingArray(slow_decay(rng, 1000, 120))
     a = da.from_array(data, chunks=(100, 120))
     kw: dict[str, Any] = {"rank": 6, "oversample": 6, "power_iters": 1, "seed": 5}
+    opened: list[tuple[int, int]] = []
+
+    class OpenCountingSink(DictSink):
+        def open(self, shape: tuple[int, int]) -> DictWriter:
+            opened.append(shape)
+            return super().open(shape)
+
+    tsqr_sink, sink = DictSink(), OpenCountingSink()
     with dask.config.set(scheduler="sync"):
         monkeypatch.setattr(fit_module, "GRAM_MAX_COND_SQ", 0.0)
-        tsqr = fit_array(a, **kw, sink=DictSink())
+        tsqr = fit_array(a, **kw, sink=tsqr_sink)
         monkeypatch.undo()
         # the estimate says the Gram is fine, the check after the pass says not
         monkeypatch.setattr(sketch_module, "GRAM_MAX_COND_SQ", 1.0)
         data.reads = 0
-        res = fit_array(a, **kw, sink=DictSink())
+        res = fit_array(a, **kw, sink=sink)
+    # U_raw is written once, by the first final pass; the second one only needs R
+    assert opened == [(1000, 12)]
+    np.testing.assert_array_equal(sink.u_raw(), tsqr_sink.u_raw())
     assert res.passes == 3
     assert data.reads == 3 * a.numblocks[0]
     assert list(res.timings) == [

@@ -307,9 +307,9 @@ def _run_passes(
         a, blocks, q, shift, center, sink, with_r, progress=progress, timings=timings
     )
     passes = iters + 1
-    if r is None:
+    if r is None:  # the sink already holds this Q's U_raw: only R is missing
         r, y, energy, mean, c, rows = _final_pass(
-            a, blocks, q, shift, center, sink, True, progress=progress, timings=timings
+            a, blocks, q, shift, center, None, True, progress=progress, timings=timings
         )
         passes += 1
     assert r is not None  # with the TSQR there is always an R
