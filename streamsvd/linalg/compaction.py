@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from streamsvd.errors import ShapeMismatchError
-from streamsvd.linalg.merge import _as_matrix, _check_rank
+from streamsvd.linalg.merge import _as_matrix, _check_rank, condition
 
 __all__ = ["compact_rows", "compacted_t", "needs_compaction"]
 
@@ -43,10 +43,7 @@ def needs_compaction(t: ArrayLike, *, max_condition: float = 1e8) -> bool:
     t_arr = _as_matrix(t, "t")
     if t_arr.shape[1] == 0:
         return False
-    sig = np.linalg.svd(t_arr, compute_uv=False)
-    if t_arr.shape[0] < t_arr.shape[1] or sig[-1] == 0:
-        return True
-    return bool(sig[0] / sig[-1] > max_condition)
+    return condition(t_arr) > max_condition
 
 
 def compact_rows(u_raw_rows: ArrayLike, t: ArrayLike, *, ones: ArrayLike | None = None) -> Array:

@@ -167,6 +167,23 @@ def _svd(a: Array) -> tuple[Array, Array, Array]:
         return sla.svd(a, full_matrices=False, lapack_driver="gesvd", check_finite=False)
 
 
+def condition(a: ArrayLike) -> float:
+    """``σ_max/σ_min`` of a matrix; ``inf`` when it is singular, wider than tall, or empty.
+
+    Examples
+    --------
+    >>> condition(np.diag([10.0, 1.0]))
+    10.0
+    >>> condition(np.zeros((3, 2)))
+    inf
+    """
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.size == 0 or arr.shape[0] < arr.shape[1]:
+        return float("inf")
+    sig = np.linalg.svd(arr, compute_uv=False)
+    return float(sig[0] / sig[-1]) if sig[-1] > 0 else float("inf")
+
+
 def _svdvals(a: Array) -> Array:
     try:
         return sla.svd(a, compute_uv=False, lapack_driver="gesdd", check_finite=False)

@@ -48,7 +48,7 @@ import scipy.linalg
 import scipy.sparse
 from numpy.typing import NDArray
 
-from streamsvd.linalg.merge import _svd, relative_error
+from streamsvd.linalg.merge import _svd, condition, relative_error
 from streamsvd.linalg.signs import fix_signs
 from streamsvd.linalg.tsqr import block_r, merge_r, pad_r, sliced_r
 
@@ -161,20 +161,6 @@ def _qr(y: NDArray[np.floating]) -> tuple[FloatArray, FloatArray]:
         return q, r
     q, r = scipy.linalg.qr(a, mode="economic", overwrite_a=True, check_finite=False)
     return np.asarray(q, dtype=np.float64), np.asarray(r, dtype=np.float64)
-
-
-def condition(r: NDArray[np.floating]) -> float:
-    """``σ_max/σ_min`` of a square factor ``r`` (``inf`` when singular or empty).
-
-    Examples
-    --------
-    >>> condition(np.diag([10.0, 1.0]))
-    10.0
-    """
-    sig = np.linalg.svd(r, compute_uv=False) if r.size else np.zeros(0)
-    if sig.size == 0 or sig[-1] <= 0 or r.shape[0] < r.shape[1]:
-        return float("inf")
-    return float(sig[0] / sig[-1])
 
 
 def dense_block(block: Any, dtype: type[np.floating] = np.float64) -> NDArray[np.floating]:
