@@ -58,15 +58,6 @@ def widen_vt(vt: ArrayLike, n_cols: int) -> Array:
     return np.hstack([vt_arr, np.zeros((vt_arr.shape[0], extra))])
 
 
-def _scatter(rows: Any) -> Array:
-    """The dense ``b × n`` copy of a short CSR batch, from its stored values (duplicates
-    summed)."""
-    dense = np.zeros(rows.shape)
-    row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-    np.add.at(dense, (row_of, rows.indices), rows.data)
-    return dense
-
-
 def sparse_range_basis(
     rows: Any,
     vt: Array,
@@ -139,8 +130,9 @@ def append_sparse_rows(
 
     Notes
     -----
-    Never forms a ``b × n`` dense matrix: the batch enters only through products
-    (``BV``, ``BΩ``, ``BᵀQ``). Memory ``O(n (k + l) + b (k + l))`` (the state's ``vt``
+    Forms no ``b × n`` dense matrix except for a batch of at most ``k + l`` rows (used
+    as it is); otherwise the batch enters only through products (``BV``, ``BΩ``,
+    ``BᵀQ``). Memory ``O(n (k + l) + b (k + l))`` (the state's ``vt``
     is ``k × n`` already); cost ``O(nnz(B)(k + l)(2 power_iters + 3) + n (k + l)²)``,
     independent of the rows seen before.
 
@@ -178,7 +170,7 @@ def append_sparse_rows(
         basis = sparse_range_basis(rows, vt, lower, width=width, power_iters=power_iters, seed=seed)
         projected = np.asarray(rows.T @ basis).T  # C = QᵀB, (w, n)
     else:
-        projected = _scatter(rows)  # Q = I_b: C = B itself (b ≤ k + l rows)
+        projected = rows.toarray()  # Q = I_b: C = B itself (b ≤ k + l rows; sums duplicates)
     core = append_rows(
         last_t,
         s,
