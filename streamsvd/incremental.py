@@ -30,7 +30,7 @@ from streamsvd.linalg.sparse_update import append_sparse_rows
 from streamsvd.linalg.update import append_rows
 from streamsvd.linalg.update_centered import append_rows_centered
 from streamsvd.store import layout, sparse
-from streamsvd.store.factors import now, read_factors, write_small_factors
+from streamsvd.store.factors import read_factors, write_small_factors
 from streamsvd.store.ingest import (
     IngestOptions,
     ProgressCallback,
@@ -42,7 +42,6 @@ from streamsvd.store.ingest import (
 from streamsvd.store.matrix import (
     BatchRecord,
     RowAppender,
-    append_block,
     matrix_array,
     read_meta,
 )
@@ -70,31 +69,29 @@ class _State:
     rows: int
     last_fit: dict[str, Any]  # the record of the last full fit, read with the factors
     sketched: int = 0
-    columns_added: int = 0
-    u_raw_writes: RowAppender | None = None  # background writes of new U_raw rows
+    u_raw_writes: RowAppender | None = None  # set by update() around every fold-in
+
+    def _writes(self) -> RowAppender:
+        if self.u_raw_writes is None:  # pragma: no cover - an invariant of update()
+            raise RuntimeError("U_raw rows are appended only while update() holds a writer")
+        return self.u_raw_writes
 
     @property
     def u_raw_rows(self) -> int:
         """Rows of ``U_raw``, those still being written included."""
-        writes = self.u_raw_writes
-        return writes.rows if writes is not None else int(self.u_raw.shape[0])
+        return self._writes().rows
 
     def widen_u_raw(self, new_columns: int) -> None:
         """Add ``new_columns`` to ``U_raw``; they read as the fill value 0 on the
         old rows, so nothing old is rewritten."""
         if not new_columns:
             return
-        if self.u_raw_writes is not None:
-            self.u_raw_writes.flush()
+        self._writes().flush()
         self.u_raw.resize((self.u_raw.shape[0], self.u_raw.shape[1] + new_columns))
-        self.columns_added += new_columns
 
     def append_u_raw(self, rows: np.ndarray) -> None:
-        """Append rows to ``U_raw`` (in the background when a writer is open)."""
-        if self.u_raw_writes is not None:
-            self.u_raw_writes.append(rows)
-        else:
-            append_block(self.u_raw, rows)
+        """Append rows to ``U_raw``, written in the background."""
+        self._writes().append(rows)
 
 
 @dataclass(frozen=True)
@@ -320,7 +317,7 @@ def update(
             compacted = _maybe_compact(state)
             record = {
                 "op": "update",
-                "time": now(),
+                "time": layout.now(),
                 "rows": state.rows,
                 "rows_added": rows_added + caught_up,
                 "rank": int(state.s.size),

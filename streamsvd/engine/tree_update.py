@@ -324,8 +324,6 @@ class TreeUpdate:
 
     files: int
     depth: int
-    sketched: int
-    columns_added: int
 
 
 def tree_fold_in(
@@ -386,7 +384,7 @@ def tree_fold_in(
     from streamsvd.api import _scheduler
 
     if not batches:
-        return TreeUpdate(files=0, depth=0, sketched=0, columns_added=0)
+        return TreeUpdate(files=0, depth=0)
     by_name: dict[str, SourceItem] = {}
     for item in items:
         by_name.setdefault(item.name, item)
@@ -454,8 +452,5 @@ def tree_fold_in(
     state.energy = float(merged.energy)
     state.relative_error = float(merged.relative_error)
     state.rows += sum(b.rows for b in batches)
-    sketched = sum(int(flag) for _, flag in row_info)
-    state.sketched += sketched
-    return TreeUpdate(
-        files=n_files, depth=tree_depth(n_files), sketched=sketched, columns_added=lazy.added
-    )
+    state.sketched += sum(int(flag) for _, flag in row_info)
+    return TreeUpdate(files=n_files, depth=tree_depth(n_files))

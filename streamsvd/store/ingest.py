@@ -193,9 +193,6 @@ class SourceItem:
     path: Path | None = None
     array: np.ndarray | None = None
 
-    def batch_id(self, dataset: str | None) -> str:
-        return self.identify(dataset)[0]
-
     def identify(self, dataset: str | None) -> tuple[str, tuple[int, int]]:
         """The batch id and the ``(size, mtime_ns)`` the file had just before hashing.
 
