@@ -23,13 +23,13 @@ import numpy as np
 import zarr
 
 from streamsvd.engine import fit_array, verify_array
+from streamsvd.engine.fit import compute_pass
 from streamsvd.errors import ConfigError, StoreExistsError, VerificationError
 from streamsvd.linalg.sketch import error_summary
-from streamsvd.store import layout
+from streamsvd.store import layout, sparse
 from streamsvd.store.factors import (
     StoredFactors,
     URawWriter,
-    now,
     read_factors,
     write_small_factors,
 )
@@ -61,9 +61,7 @@ def matrix_as_dask(group: zarr.Group, *, block_rows: int | None = None) -> da.Ar
     see :func:`streamsvd.store.sparse.as_dask`).
     """
     meta = read_meta(group)
-    if meta.kind == "sparse":
-        from streamsvd.store import sparse
-
+    if meta.kind == sparse.KIND:
         return sparse.as_dask(group, block_rows=block_rows)
     array = matrix_array(group)
     rows = block_rows or block_rows_for(meta.chunk_rows, meta.n_cols, np.dtype(meta.dtype).itemsize)
@@ -167,7 +165,7 @@ def fit(
             writer.merge_into_session()
             record = {
                 "op": "fit",
-                "time": now(),
+                "time": layout.now(),
                 "rows": result.rows,
                 "rank": result.rank,
                 "relative_error": result.relative_error,
@@ -345,15 +343,11 @@ def verify(
     difference), measured at about 1e-12 after a fit: relative errors below
     ~3e-6 are at that round-off and compare as equal.
     """
-    opened = Store.open(store)
-    version = version or opened.current_version()
-    group = opened.root(version)
-    stored = read_factors(group)
+    factors = open_factors(store, version=version)
+    stored, group = factors.stored, factors.group
     rows = int(stored.attrs["rows_covered"])
     with _scheduler(scheduler):
-        if read_meta(group).kind == "sparse":
-            from streamsvd.store import sparse
-
+        if read_meta(group).kind == sparse.KIND:
             # Columns added after the factors were written are zero on the rows they cover.
             a = sparse.as_dask(group, rows=rows, n_cols=stored.vt.shape[1])
         else:
@@ -385,7 +379,7 @@ def verify(
     )
     if check and not ok:
         raise VerificationError(
-            f"store {opened.location} version {version}: recorded relative error "
+            f"store {factors.store} version {factors.version}: recorded relative error "
             f"{recorded:.9g}, measured {measured.relative_residual:.9g}; "
             f"‖UᵀU − I‖ = {measured.orthogonality_u:.3g}, ‖VᵀV − I‖ = "
             f"{measured.orthogonality_v:.3g} (tolerance {orthogonality_tol:g}). "
@@ -466,8 +460,10 @@ def export(
         "U", shape=u.shape, chunks=(u.chunks[0][0] if u.chunks[0] else 1, k), dtype="float64"
     )
     with _scheduler(scheduler):
-        # Dask blocks are whole Zarr chunks: no two tasks touch one chunk.
-        da.store(u, cast(Any, u_array), lock=False)
+        # Dask blocks are whole Zarr chunks: no two tasks touch one chunk. Through
+        # compute_pass, as every pass: one BLAS thread per task.
+        stored_u = da.store(u, cast(Any, u_array), lock=False, compute=False)
+        compute_pass([stored_u], progress=False, label="export")
     group.create_array("S", data=np.ascontiguousarray(factors.s[:k]))
     group.create_array("Vt", data=np.ascontiguousarray(factors.vt[:k]))
     if factors.mean is not None:

@@ -236,7 +236,7 @@ def project(
     if isinstance(x, da.Array):
         arr = x if len(x.chunks[1]) == 1 else x.rechunk({1: -1})
     else:
-        block = block_rows_for(1, n_cols, 8, budget=OUTPUT_BLOCK_BYTES)
+        block = rows_for_budget(n_cols, 8, OUTPUT_BLOCK_BYTES)
         arr = da.from_array(np.asarray(x), chunks=(block, n_cols))
     func = partial(_project_block, w=w, mean=mean, name="x")
     return da.map_blocks(func, arr, chunks=(arr.chunks[0], (w.shape[1],)), dtype=np.float64)

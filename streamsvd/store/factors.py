@@ -25,7 +25,6 @@ import zarr
 from streamsvd.errors import NoFactorsError
 from streamsvd.store import layout
 from streamsvd.store.chunks import write_whole_chunks
-from streamsvd.store.layout import now as now  # re-exported: the store's time stamps
 from streamsvd.store.matrix import write_rows
 
 U_RAW = "U_raw"
