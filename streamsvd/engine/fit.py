@@ -220,7 +220,7 @@ def compute_pass(objs: Sequence[Any], *, progress: bool, label: str) -> tuple[An
 
     BLAS runs one thread per task meanwhile: Dask already runs a block per core,
     and OpenBLAS threads spinning beside Dask's and Blosc's made the
-    100,000-row fit 2-3× slower on 2 cores (1.9 s with one BLAS thread, 4.2-6.5 s
+    100,000-row fit 2.2-3.4× slower on 2 cores (1.9 s with one BLAS thread, 4.2-6.5 s
     without). Remote worker processes get the same from distributed's nanny.
     """
     from threadpoolctl import threadpool_limits

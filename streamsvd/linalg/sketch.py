@@ -288,7 +288,7 @@ def final_block(
 
     Returns ``(z, sums)``: ``z = [A_i Q]`` or ``[A_i Q, 1]`` when ``ones`` (the
     rows of ``U_raw``), and the block's ``AᵢᵀZ_i`` (without the ones column),
-    column sums (with ``ones`` only, else zeros), ``‖A_i‖_F²`` and, if
+    column sums (of dense blocks with ``ones`` only, else zeros), ``‖A_i‖_F²`` and, if
     ``with_r``, the R factor of ``z``; ``A_i`` is the block minus ``shift``.
     Memory: the block as given, one slice of about 2 MiB in float64 and
     ``(n_rows_i + n_cols) × width`` float64. A scipy.sparse block is never
