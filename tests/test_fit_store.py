@@ -104,6 +104,7 @@ def test_pca_mode_on_a_store(store: tuple[Path, np.ndarray], many_blocks: None) 
 def test_verify_catches_a_wrong_record(store: tuple[Path, np.ndarray]) -> None:
     path, _ = store
     streamsvd.fit(path, rank=4, scheduler="sync")
+    true_error = float(streamsvd.open_factors(path).attrs["relative_error"])
     with Store.open_for_writing(path) as writer, writer.transaction() as tx:
         tx.group["factors"].attrs["relative_error"] = 0.5
         tx.commit("tamper with the record")
@@ -112,6 +113,7 @@ def test_verify_catches_a_wrong_record(store: tuple[Path, np.ndarray]) -> None:
     report = streamsvd.verify(path, scheduler="sync", check=False)  # the same, as a report
     assert not report.ok
     assert report.recorded_error == 0.5
+    assert report.measured_error == pytest.approx(true_error, rel=1e-6)  # measured, not read
 
 
 def test_export_is_a_plain_zarr_group(store: tuple[Path, np.ndarray], tmp_path: Path) -> None:

@@ -760,7 +760,7 @@ def test_weak_directions_fall_back_after_the_orthogonality_check(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(3, 40),
     sizes=st.lists(st.integers(1, 400), min_size=1, max_size=4),
-    slice_rows=st.sampled_from([1, 7, 64, 10_000]),
+    slice_rows=st.sampled_from([64, 100, 10_000]),  # 64 is tall's smallest slice
 )
 def test_float32_batches_are_exact_in_float64(
     seed: int, n: int, sizes: list[int], slice_rows: int
