@@ -415,7 +415,7 @@ def fit_array(
         float32 rounding of ``Q`` (about 1e-7 relative) changes the error of
         the projection by a negligible amount, and the final pass, which forms
         ``B`` and the exact error accounting, stays float64. It makes the power
-        passes about 3× faster (benchmarks/fit.py). ``tol:`` rules below
+        passes 1.5× faster (benchmarks/fit.py's floor passes). ``tol:`` rules below
         ``10·√eps`` of float32 (3.5e-3) need ``dtype="float64"``.
     max_rank : int, optional
         Largest rank a rule may choose; default ``min(n_rows, n_cols, 1000)``.

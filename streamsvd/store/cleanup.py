@@ -1,12 +1,12 @@
 """Removing old versions and unreferenced files from a store (``streamsvd gc``).
 
 Every commit keeps the versions before it, and every fit writes a new ``U_raw``
-(``rows × (l + 1)`` float64: 490 MB at a million rows), so a store under a
-nightly refit grows by that much a night. An interrupted write also leaves the
-chunks it wrote without a commit that references them. :func:`collect_garbage`
-expires the versions older than a threshold (Icechunk's ``expire_snapshots``:
-the newest version is always kept) and then deletes the files no kept version
-references and that are older than the threshold (``garbage_collect``).
+(``rows × l`` float64, ``l + 1`` columns in PCA mode: 480 MB at a million rows and
+``l = 60``), so a store under a nightly refit grows by that much a night. An
+interrupted write also leaves the chunks it wrote without a commit that references
+them. :func:`collect_garbage` expires the versions older than a threshold (Icechunk's
+``expire_snapshots``: the newest version is always kept) and then deletes the files no
+kept version references and that are older than the threshold (``garbage_collect``).
 """
 
 from __future__ import annotations
