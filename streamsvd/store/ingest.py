@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, cast
 
 import numpy as np
@@ -409,7 +410,9 @@ def file_stat(path: str | Path) -> tuple[int, int]:
         stat = Path(path).stat()
     except OSError:
         return -1, -1
-    return (int(stat.st_size), int(stat.st_mtime_ns)) if Path(path).is_file() else (-1, -1)
+    if not S_ISREG(stat.st_mode):
+        return -1, -1
+    return int(stat.st_size), int(stat.st_mtime_ns)
 
 
 def _validate(
