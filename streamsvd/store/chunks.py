@@ -67,6 +67,7 @@ def write_whole_chunks(array: zarr.Array, rows: np.ndarray, start: int) -> bool:
         return False
     dtype = np.dtype(array.dtype).newbyteorder("<")
     buffer = default_buffer_prototype().buffer
+    keeps_buffers = isinstance(array.store, zarr.storage.MemoryStore)
 
     async def put() -> None:
         writes = []
@@ -76,7 +77,10 @@ def write_whole_chunks(array: zarr.Array, rows: np.ndarray, start: int) -> bool:
                 full = np.full((step, *piece.shape[1:]), array.fill_value, dtype=dtype)
                 full[: piece.shape[0]] = piece
                 piece = full
-            data = buffer.from_bytes(piece.tobytes())
+            flat = piece.reshape(-1).view(np.uint8)
+            # Stores copy what they are given (Icechunk into its own bytes, files
+            # by writing them) except a MemoryStore, which keeps the buffer itself.
+            data = buffer.from_array_like(flat.copy() if keeps_buffers else flat)
             writes.append(array.store.set(_key(array, (start + lo) // step), data))
         await asyncio.gather(*writes)
 
