@@ -89,3 +89,31 @@ def test_shared_objects_are_on_every_worker() -> None:
         holders = client.who_has([shared])[shared.key]
         assert len(holders) == 2
         assert sorted(holders) == sorted(client.scheduler_info()["workers"])
+
+
+def test_a_broadcast_cut_by_a_lost_worker_is_tried_again(monkeypatch) -> None:
+    # Seen in the lost-worker integration test: the worker died during the
+    # broadcast of Q, and the scheduler closed the client's comm mid-call.
+    from distributed.comm.core import CommClosedError
+
+    from streamsvd.engine import fit
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.calls, self.failures = 0, failures
+
+        def scatter(self, value, broadcast):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise CommClosedError("in <TCP ConnectionPool.scatter>: Stream is closed")
+            return ("future", value, broadcast)
+
+    monkeypatch.setattr(fit.time, "sleep", lambda seconds: None)
+    client = Flaky(failures=fit.SCATTER_ATTEMPTS - 1)
+    monkeypatch.setattr(fit, "current_client", lambda: client)
+    assert fit.share("q") == ("future", "q", True)
+    assert client.calls == fit.SCATTER_ATTEMPTS
+    client = Flaky(failures=fit.SCATTER_ATTEMPTS)  # a cluster that stays broken still fails
+    with pytest.raises(CommClosedError):
+        fit.share("q")
+    assert client.calls == fit.SCATTER_ATTEMPTS

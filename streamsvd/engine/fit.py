@@ -9,6 +9,7 @@ on any scheduler and any number of workers. The numerical steps are in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -183,6 +184,10 @@ def current_client() -> Any | None:
     return client if getter == client.get else None
 
 
+#: Tries of a broadcast that a lost worker interrupted.
+SCATTER_ATTEMPTS = 3
+
+
 def share(value: Any) -> Any:
     """Put a small in-memory object in the graph once (scattered on a cluster).
 
@@ -193,9 +198,19 @@ def share(value: Any) -> Any:
     if value is None:
         return None
     client = current_client()
-    if client is not None:
-        return client.scatter(value, broadcast=True)
-    return delayed(value, pure=True)
+    if client is None:
+        return delayed(value, pure=True)
+    attempt = 1
+    while True:
+        try:
+            return client.scatter(value, broadcast=True)
+        except OSError:  # distributed's CommClosedError is one
+            # A worker lost during the broadcast fails the whole call (the
+            # scheduler closes the client's comm); the workers left take it again.
+            if attempt == SCATTER_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
+            attempt += 1
 
 
 def tree_reduce(parts: Sequence[Any], fn: Callable[[list[Any]], Any]) -> Any:
@@ -227,6 +242,23 @@ def compute_pass(objs: Sequence[Any], *, progress: bool, label: str) -> tuple[An
 
     with threadpool_limits(limits=1, user_api="blas"):
         return _compute(objs, progress=progress, label=label)
+
+
+#: In-memory steps of at most this many ``n_cols · l²`` (a QR of ``Q``, the small
+#: SVDs) run on one BLAS thread. Below it a second thread saves little, and
+#: OpenBLAS leaves its threads spinning after each call: between the passes of
+#: the 2 GB fit benchmark (500 × 60) they spun for ≈ 0.1 s a step, and ≈ 0.4
+#: CPU-seconds after the last one, beside the commit (perf, 2 cores).
+SMALL_IN_MEMORY_FLOPS = 2**31
+
+
+def in_memory_blas(n_cols: int, width: int) -> contextlib.AbstractContextManager[Any]:
+    """One BLAS thread for in-memory steps on ``n_cols × width`` matrices, when small."""
+    if n_cols * width * width > SMALL_IN_MEMORY_FLOPS:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _compute(objs: Sequence[Any], *, progress: bool, label: str) -> tuple[Any, ...]:
@@ -482,18 +514,19 @@ def fit_array(
     timings: dict[str, float] = {}
     passes = 0
     while True:
-        attempt = _run_passes(
-            a,
-            blocks,
-            width,
-            power_iters=power_iters,
-            seed=seed,
-            center=center,
-            dtype=_DTYPES[dtype],
-            sink=sink,
-            progress=progress,
-            timings=timings,
-        )
+        with in_memory_blas(n_cols, width):
+            attempt = _run_passes(
+                a,
+                blocks,
+                width,
+                power_iters=power_iters,
+                seed=seed,
+                center=center,
+                dtype=_DTYPES[dtype],
+                sink=sink,
+                progress=progress,
+                timings=timings,
+            )
         passes += attempt.passes
         choice = choose_rank(rule, attempt.sketch.s, attempt.energy, n_rows, n_cols)
         grown = next_sketch_size(
@@ -510,7 +543,8 @@ def fit_array(
         width = grown
     if rule.kind != "fixed":
         choice = cap_choice(choice, min(cap, n_rows, n_cols))
-    t, s, vt = truncate(attempt.sketch, choice.rank, attempt.c)
+    with in_memory_blas(n_cols, width):
+        t, s, vt = truncate(attempt.sketch, choice.rank, attempt.c)
     relative_error, captured = error_summary(attempt.energy, s)
     return FitResult(
         t=t,
