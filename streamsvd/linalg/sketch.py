@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 
 from streamsvd.linalg.merge import _svd, condition, relative_error
 from streamsvd.linalg.signs import fix_signs
+from streamsvd.linalg.tall import row_slices
 from streamsvd.linalg.tsqr import block_r, merge_r, pad_r, sliced_r
 
 FloatArray = NDArray[np.float64]
@@ -325,8 +326,7 @@ def final_block(
 
 def _slices(rows: int, n_cols: int, dtype: type[np.floating]) -> list[slice]:
     """Row slices of about :data:`_SLICE_BYTES` each (at least 16 rows)."""
-    step = max(16, _SLICE_BYTES // max(1, n_cols * np.dtype(dtype).itemsize))
-    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+    return row_slices(rows, n_cols, _SLICE_BYTES, itemsize=np.dtype(dtype).itemsize)
 
 
 def combine(parts: Sequence[BlockSums]) -> BlockSums:

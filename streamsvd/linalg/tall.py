@@ -50,9 +50,21 @@ _CHOLQR_MAX_COND = 1e6
 _CAST_SLICE_BYTES = 8 * 1024 * 1024
 
 
+def row_slices(
+    n_rows: int, n_cols: int, slice_bytes: int, *, itemsize: int = 8, min_rows: int = 16
+) -> list[slice]:
+    """Consecutive row slices covering ``n_rows`` rows, each about ``slice_bytes``
+    of ``itemsize``-byte values and at least ``min_rows`` rows.
+
+    >>> row_slices(10, 2, 64, min_rows=1)
+    [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
+    """
+    step = max(min_rows, slice_bytes // max(1, n_cols * itemsize))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
+
+
 def _cast_slices(block: NDArray[np.floating]) -> list[slice]:
-    step = max(64, _CAST_SLICE_BYTES // max(1, block.shape[1] * 8))
-    return [slice(i, i + step) for i in range(0, block.shape[0], step)]
+    return row_slices(block.shape[0], block.shape[1], _CAST_SLICE_BYTES, min_rows=64)
 
 
 def gram(block: NDArray[np.floating]) -> Array:
@@ -73,6 +85,16 @@ def times(block: NDArray[np.floating], x: Array) -> Array:
     out = np.empty((block.shape[0], x.shape[1]))
     for rows in _cast_slices(block):
         out[rows] = np.asarray(block[rows], dtype=np.float64) @ x
+    return out
+
+
+def times_t(rows: NDArray[np.floating], y: Array) -> Array:
+    """``rowsᵀ @ y`` in float64; a float32 ``rows`` is cast a slice of rows at a time."""
+    if rows.dtype == np.float64:
+        return np.asarray(rows.T @ y, dtype=np.float64)
+    out = np.zeros((rows.shape[1], y.shape[1]))
+    for part in _cast_slices(rows):
+        out += np.asarray(rows[part], dtype=np.float64).T @ y[part]
     return out
 
 

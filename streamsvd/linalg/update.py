@@ -49,7 +49,7 @@ from streamsvd.linalg.merge import (
     _LazyRows,
     relative_error,
 )
-from streamsvd.linalg.tall import _cast_slices, squared_norm, times
+from streamsvd.linalg.tall import squared_norm, times, times_t
 
 __all__ = ["RowAppend", "append_rows", "sketch_rows"]
 
@@ -122,16 +122,6 @@ def _orth(x: Array) -> Array:
     return np.linalg.qr(x)[0]
 
 
-def _times_t(rows: NDArray[np.floating], y: Array) -> Array:
-    """``rowsᵀ @ y`` in float64; a float32 ``rows`` is cast a slice of rows at a time."""
-    if rows.dtype == np.float64:
-        return np.asarray(rows.T @ y, dtype=np.float64)
-    out = np.zeros((rows.shape[1], y.shape[1]))
-    for part in _cast_slices(rows):
-        out += np.asarray(rows[part], dtype=np.float64).T @ y[part]
-    return out
-
-
 def _residual_range(
     mul: Callable[[Array], Array],
     mul_t: Callable[[Array], Array],
@@ -174,7 +164,7 @@ def _range_basis(
         return None
     return _residual_range(
         lambda x: times(rows, x),
-        lambda y: _times_t(rows, y),
+        lambda y: times_t(rows, y),
         n,
         vt,
         times(rows, vt.T),
@@ -477,7 +467,7 @@ def _sketch(
         t,
         gamma * s,
         vt,
-        _times_t(rows, basis).T,
+        times_t(rows, basis).T,
         left=basis,
         old_extra=None,
         keep=None,
