@@ -16,6 +16,7 @@ from streamsvd.engine.fit import BlockWriter
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.linalg import sketch as sketch_module
 from streamsvd.store.factors import ForkWriter, URawWriter
+from tests.matrices import optimal_error, with_spectrum
 
 EPS = np.finfo(np.float64).eps
 
@@ -71,21 +72,10 @@ class DictSink:
         return np.vstack([self.blocks[i] for i in sorted(self.blocks)])
 
 
-def spectrum_matrix(rng, m, n, s):
-    u = np.linalg.qr(rng.standard_normal((m, len(s))))[0]
-    v = np.linalg.qr(rng.standard_normal((n, len(s))))[0]
-    return (u * s) @ v.T
-
-
 def slow_decay(rng, m=2000, n=300):
     """σ_i = i^-1/2 plus a little Gaussian noise: the hard case for sketching."""
-    a = spectrum_matrix(rng, m, n, (1.0 + np.arange(n)) ** -0.5)
+    a = with_spectrum(rng, m, n, (1.0 + np.arange(n)) ** -0.5)
     return a + 1e-3 * rng.standard_normal((m, n)) / np.sqrt(m)
-
-
-def optimal_error(a, k):
-    s = np.linalg.svd(a, compute_uv=False)
-    return float(np.sqrt(np.sum(s[k:] ** 2) / np.sum(s**2)))
 
 
 def fit_sync(a: np.ndarray, chunk: int = 250, **kw: Any) -> tuple[FitResult, DictSink]:
@@ -147,7 +137,7 @@ def test_slow_decay_accuracy_and_recorded_error(rng):
 def test_exact_when_sketch_covers_all_columns(rng, m, n, chunk, data_dtype):
     r = min(m, n)
     # cond = 10: the Gram route's relative error is ~eps·cond² ≈ 2e-14 ≪ 1e-10
-    a = spectrum_matrix(rng, m, n, np.linspace(10, 1, r)).astype(data_dtype)
+    a = with_spectrum(rng, m, n, np.linspace(10, 1, r)).astype(data_dtype)
     k = min(5, r)
     res, sink = fit_sync(a, chunk=chunk, rank=k, oversample=n, power_iters=2)
     a64 = a.astype(np.float64)
@@ -190,7 +180,7 @@ def test_rank_deficient(rng, case):
 @pytest.mark.parametrize("q", [0, 1])
 def test_pca_mode_matches_numpy(rng, q):
     m, n, k = 800, 60, 6
-    a = spectrum_matrix(rng, m, n, np.linspace(4, 0.5, n)) + 3.0 + rng.standard_normal(n)
+    a = with_spectrum(rng, m, n, np.linspace(4, 0.5, n)) + 3.0 + rng.standard_normal(n)
     res, sink = fit_sync(a, chunk=100, rank=k, oversample=n, power_iters=q, center=True)
     centred = a - a.mean(axis=0)
     _, s_ref, vt_ref = np.linalg.svd(centred)
@@ -322,7 +312,7 @@ def test_rank_rules_through_engine(rng):
 def test_gavish_donoho_through_engine(rng):
     m, n, r, sigma = 1200, 200, 6, 0.5
     edge = sigma * (np.sqrt(m) + np.sqrt(n))
-    a = spectrum_matrix(rng, m, n, np.linspace(5, 2, r) * edge)
+    a = with_spectrum(rng, m, n, np.linspace(5, 2, r) * edge)
     a += sigma * rng.standard_normal((m, n))
     # signal 2–5× the noise edge, far above τ ≈ 1.5·edge: GD 2014 recovers r
     res, _ = fit_sync(a, chunk=300, rank="gd", oversample=10, power_iters=1)

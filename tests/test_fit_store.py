@@ -22,13 +22,12 @@ from streamsvd.errors import NoFactorsError, VerificationError
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.repository import Store
 from tests.conftest import write_npy
+from tests.matrices import with_spectrum
 
 
 def low_rank_plus_noise(rng: np.random.Generator, m: int, n: int, rank: int) -> np.ndarray:
-    spectrum = 10.0 * 0.6 ** np.arange(rank)
-    left = np.linalg.qr(rng.standard_normal((m, rank)))[0]
-    right = np.linalg.qr(rng.standard_normal((n, rank)))[0]
-    return (left * spectrum) @ right.T + 1e-3 * rng.standard_normal((m, n))
+    sigma = 10.0 * 0.6 ** np.arange(rank)
+    return with_spectrum(rng, m, n, sigma) + 1e-3 * rng.standard_normal((m, n))
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from streamsvd.linalg.sketch import (
     truncate,
 )
 from streamsvd.linalg.tsqr import block_r, merge_r, pad_r
+from tests.matrices import with_spectrum
 
 EPS = np.finfo(np.float64).eps
 
@@ -44,17 +45,11 @@ def fit_blocks(a, k, p, q, seed=0, center=False, block_rows=37):
     return u, s, vt, f, mean, sk
 
 
-def spectrum_matrix(rng, m, n, s):
-    u = np.linalg.qr(rng.standard_normal((m, len(s))))[0]
-    v = np.linalg.qr(rng.standard_normal((n, len(s))))[0]
-    return (u * s) @ v.T
-
-
 @pytest.mark.parametrize("decay", ["steep", "slow", "flat"])
 def test_power_step_estimates_the_condition_of_the_next_z(rng, decay):
     n, width = 200, 30
     spectra = {"steep": 0.8 ** np.arange(n), "slow": (1.0 + np.arange(n)) ** -0.5}
-    a = spectrum_matrix(rng, 1500, n, spectra.get(decay, np.ones(n)))
+    a = with_spectrum(rng, 1500, n, spectra.get(decay, np.ones(n)))
     a += 1e-5 * rng.standard_normal(a.shape)
     basis = start_basis(n, width, 1)
     for _ in range(2):
@@ -85,7 +80,7 @@ def test_exact_when_width_covers_columns(rng, m, n):
     # cond(A) = 10 so the Gram route's relative error eps·cond² ≈ 2e-14 ≪ 1e-10
     k = min(m, n)
     s_true = np.linspace(10, 1, k)
-    a = spectrum_matrix(rng, m, n, s_true)
+    a = with_spectrum(rng, m, n, s_true)
     u, s, vt, f, _, _ = fit_blocks(a, k, p=n, q=2)
     np.testing.assert_allclose(s, s_true, rtol=1e-10)
     np.testing.assert_allclose(
@@ -100,7 +95,7 @@ def test_graded_spectrum_keeps_error_accounting(rng):
     # σ_i from 1 down to 1e-18: a pseudo-inverse cut at l·eps would let rounding
     # noise of size ~eps·σ₁²/σ_j into B (ΣS² > ‖A‖², U not orthonormal); the
     # √eps cut keeps U orthonormal to rounding and ΣS² ≤ ‖A‖²(1 + O(eps)).
-    a = spectrum_matrix(rng, 600, 120, np.logspace(0, -18, 120))
+    a = with_spectrum(rng, 600, 120, np.logspace(0, -18, 120))
     u, s, _vt, f, _, _ = fit_blocks(a, 10, p=200, q=0)
     np.testing.assert_allclose(u.T @ u, np.eye(10), atol=1e-13)
     assert np.sum(s**2) <= f * (1 + 100 * EPS)
@@ -143,7 +138,7 @@ def test_pca_matches_numpy_on_centred_matrix(rng, q):
     m, n, k = 500, 25, 4
     # centred rank 6 < l = 14 < n: the sketch is exact in exact arithmetic, and
     # q = 2 takes the shifted-block path (width < n)
-    a = spectrum_matrix(rng, m, n, np.linspace(5, 1, 6)) + 100.0 + rng.standard_normal(n)
+    a = with_spectrum(rng, m, n, np.linspace(5, 1, 6)) + 100.0 + rng.standard_normal(n)
     u, s, vt, f, mean, _ = fit_blocks(a, k, p=10, q=q, center=True)
     centred = a - a.mean(axis=0)
     _, s_ref, vt_ref = np.linalg.svd(centred)

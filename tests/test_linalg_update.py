@@ -27,6 +27,7 @@ from streamsvd.linalg.merge import PartialSVD, merge_svds
 from streamsvd.linalg.tall import _CholeskyRows, _compress_rows, _HouseholderRows
 from streamsvd.linalg.update import RowAppend, append_rows, sketch_rows
 from streamsvd.linalg.update_centered import CenteredAppend, append_rows_centered
+from tests.matrices import low_rank, with_spectrum
 
 Array = np.ndarray
 
@@ -34,16 +35,6 @@ Array = np.ndarray
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)
-
-
-def low_rank(rng: np.random.Generator, m: int, n: int, rho: int) -> Array:
-    return rng.standard_normal((m, rho)) @ rng.standard_normal((rho, n))
-
-
-def with_spectrum(rng: np.random.Generator, m: int, n: int, sigma: Array) -> Array:
-    q1 = np.linalg.qr(rng.standard_normal((m, sigma.size)))[0]
-    q2 = np.linalg.qr(rng.standard_normal((n, sigma.size)))[0]
-    return (q1 * sigma) @ q2.T
 
 
 @dataclass

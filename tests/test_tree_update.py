@@ -22,19 +22,9 @@ from streamsvd.engine.tree_update import (
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.store.repository import Store
 from tests.conftest import write_npy
+from tests.matrices import fast_decay, low_rank
 
 FLOAT64 = streamsvd.IngestOptions(chunk_rows=64, dtype="float64")
-
-
-def fast_decay(rng: np.random.Generator, m: int, n: int, noise: float = 1e-3) -> np.ndarray:
-    spectrum = 10.0 * 0.6 ** np.arange(min(m, n))
-    left = np.linalg.qr(rng.standard_normal((m, min(m, n))))[0]
-    right = np.linalg.qr(rng.standard_normal((n, min(m, n))))[0]
-    return (left * spectrum) @ right.T + noise * rng.standard_normal((m, n))
-
-
-def low_rank(rng: np.random.Generator, m: int, n: int, rank: int) -> np.ndarray:
-    return rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
 
 
 def fitted(path: Path, rows: np.ndarray, rank: int, **fit_args: Any) -> Path:

@@ -15,18 +15,7 @@ from streamsvd.cli import app
 from streamsvd.errors import ConfigError, NoFactorsError
 from streamsvd.store.repository import Store
 from tests.conftest import fitted_store, run_killed, write_npy
-
-
-def fast_decay(rng: np.random.Generator, m: int, n: int, noise: float = 1e-3) -> np.ndarray:
-    spectrum = 10.0 * 0.6 ** np.arange(min(m, n))
-    left = np.linalg.qr(rng.standard_normal((m, min(m, n))))[0]
-    right = np.linalg.qr(rng.standard_normal((n, min(m, n))))[0]
-    return (left * spectrum) @ right.T + noise * rng.standard_normal((m, n))
-
-
-def optimal_error(data: np.ndarray, rank: int) -> float:
-    s = np.linalg.svd(data, compute_uv=False)
-    return float(np.sqrt(np.sum(s[rank:] ** 2) / np.sum(s**2)))
+from tests.matrices import fast_decay, optimal_error
 
 
 @pytest.mark.parametrize("n_batches", [1, 10, 100])
