@@ -44,12 +44,14 @@ ABSOLUTE_ERROR_FLOOR = 1e-11
 BLOCK_BYTES = 32 * 1024 * 1024
 
 
-def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int, budget: int = BLOCK_BYTES) -> int:
-    """Rows per block: a whole number of chunks of ``chunk_rows`` rows, about ``budget`` bytes.
+def block_rows_for(chunk_rows: int, n_cols: int, itemsize: int, budget: int | None = None) -> int:
+    """Rows per block: a whole number of chunks of ``chunk_rows`` rows, about ``budget``
+    bytes (default :data:`BLOCK_BYTES`, read at each call).
 
     >>> block_rows_for(100, 10, 8, budget=25_000)
     300
     """
+    budget = BLOCK_BYTES if budget is None else budget
     per_chunk = chunk_rows * n_cols * itemsize
     return chunk_rows * max(1, budget // max(1, per_chunk))
 

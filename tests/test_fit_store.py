@@ -51,6 +51,8 @@ def test_fit_commits_factors_that_match_lapack(
     store: tuple[Path, np.ndarray], many_blocks: None
 ) -> None:
     path, data = store
+    # many_blocks took effect (it once set a constant that a default argument had read)
+    assert streamsvd.api.matrix_as_dask(Store.open(path).root()).numblocks[0] > 10
     data_version = Store.open(path).current_version()
     summary = streamsvd.fit(path, rank=5, scheduler="sync")
     factors = streamsvd.open_factors(path)
