@@ -35,6 +35,7 @@ from streamsvd.store.factors import (
 )
 from streamsvd.store.matrix import matrix_array, read_meta
 from streamsvd.store.repository import Store
+from streamsvd.store.row_block import RowBlock, row_blocks_of
 
 #: Round-off of a recorded squared relative error (see :func:`verify`).
 ABSOLUTE_ERROR_FLOOR = 1e-11
@@ -163,6 +164,7 @@ def fit(
                 max_rank=max_rank,
                 sink=writer,
                 progress=progress,
+                blocks=_blocks_read_in_tasks(group, a),
             )
             writer.merge_into_session()
             record = {
@@ -206,6 +208,13 @@ def fit(
             )
     summary = {**_summary(attrs, result.s, center), "version": version}
     return summary
+
+
+def _blocks_read_in_tasks(group: zarr.Group, a: da.Array) -> list[RowBlock] | None:
+    """Dense rows for a fit's tasks to read themselves (see :mod:`streamsvd.store.row_block`)."""
+    if read_meta(group).kind == sparse.KIND:
+        return None  # a sparse block is assembled from three arrays by its own task
+    return row_blocks_of(matrix_array(group), a.chunks[0])
 
 
 def _previous_attrs(group: zarr.Group) -> dict[str, Any]:

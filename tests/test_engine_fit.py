@@ -9,6 +9,8 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
+from dask.callbacks import Callback
 
 from streamsvd.engine import FitResult, URawSink, fit_array, verify_array
 from streamsvd.engine import fit as fit_module
@@ -16,6 +18,7 @@ from streamsvd.engine.fit import BlockWriter
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.linalg import sketch as sketch_module
 from streamsvd.store.factors import ForkWriter, URawWriter
+from streamsvd.store.row_block import row_blocks_of
 from tests.matrices import optimal_error, with_spectrum
 
 EPS = np.finfo(np.float64).eps
@@ -274,6 +277,47 @@ def test_each_pass_reads_each_chunk_once(rng, scheduler):
         res = fit_array(a, rank=5, oversample=5, power_iters=2, sink=DictSink())
     assert res.passes == 3
     assert data.reads == 3 * n_chunks
+
+
+class TaskCounter(Callback):
+    """Counts the tasks a local Dask scheduler runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks = 0
+        self._lock = threading.Lock()
+
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        with self._lock:
+            self.tasks += 1
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_blocks_read_in_their_tasks_give_the_same_factors_with_fewer_tasks(rng, center):
+    data = rng.standard_normal((1000, 40)) @ np.diag(np.geomspace(10, 0.1, 40))
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(50, 40), dtype="f8")
+    z[:] = data
+    a = da.from_zarr(z, chunks=(100, 40))
+    kw = {"rank": 5, "oversample": 5, "power_iters": 2, "center": center}
+    plain_sink, sink = DictSink(), DictSink()
+    with dask.config.set(scheduler="threads"), TaskCounter() as separate:
+        plain = fit_array(a, **kw, sink=plain_sink)
+    with dask.config.set(scheduler="threads"), TaskCounter() as fused:
+        res = fit_array(a, **kw, sink=sink, blocks=row_blocks_of(z, a.chunks[0]))
+    for name in ("t", "s", "vt"):  # the same blocks in the same tree: the same rounding
+        np.testing.assert_array_equal(getattr(res, name), getattr(plain, name), err_msg=name)
+    np.testing.assert_array_equal(sink.u_raw(), plain_sink.u_raw())
+    # no read task per block and pass any more
+    assert fused.tasks <= separate.tasks - res.passes * a.numblocks[0]
+
+
+def test_blocks_must_match_the_row_blocks(rng):
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=(100, 4), chunks=(10, 4), dtype="f8")
+    a = da.from_zarr(z, chunks=(20, 4))
+    with pytest.raises(InvalidInputError, match="5 blocks of 4 columns"):
+        fit_array(a, rank=2, blocks=row_blocks_of(z, (50, 50)))
+    with pytest.raises(InvalidInputError, match="5 blocks of 4 columns"):
+        fit_array(a, rank=2, blocks=row_blocks_of(z, (20, 20, 20, 20, 10)))
 
 
 def test_reads_with_sketch_growth(rng):

@@ -288,6 +288,21 @@ def row_blocks(a: da.Array) -> list[Delayed]:
     return list(a.to_delayed().ravel())
 
 
+def _matching_blocks(blocks: Sequence[Any], a: da.Array) -> list[Any]:
+    """``blocks`` as a list, checked against ``a``'s row blocks (where they have a shape)."""
+    given = list(blocks)
+    rows = tuple(int(r) for r in a.chunks[0])
+    expected = [(r, a.shape[1]) for r in rows]
+    shapes = [tuple(getattr(b, "shape", e)) for b, e in zip(given, expected, strict=False)]
+    if len(given) != len(rows) or shapes != expected:
+        raise InvalidInputError(
+            f"blocks must be {len(rows)} blocks of {a.shape[1]} columns with the rows of "
+            f"a's row blocks; got {len(given)} of shapes {shapes[:3]}"
+            + ("..." if len(shapes) > 3 else "")
+        )
+    return given
+
+
 @dataclass(frozen=True)
 class _Attempt:
     sketch: SketchSVD
@@ -421,6 +436,7 @@ def fit_array(
     max_rank: int | None = None,
     sink: URawSink | None = None,
     progress: bool = False,
+    blocks: Sequence[Any] | None = None,
 ) -> FitResult:
     """Truncated SVD (or PCA) of a row-chunked Dask array by randomized sketching.
 
@@ -456,6 +472,12 @@ def fit_array(
         not kept and only ``t``, ``s``, ``vt`` are returned.
     progress : bool
         Show a progress bar per pass (dashboard link on a distributed client).
+    blocks : sequence, optional
+        What the tasks of a pass read, one per row block of ``a``, with its rows
+        and all its columns: objects that ``np.asarray`` turns into the block,
+        such as :class:`streamsvd.store.row_block.RowBlock`, which reads it
+        then; reading and computing a block are then one task. Default: the
+        blocks of ``a``, each read by a task of its own.
 
     Returns
     -------
@@ -510,7 +532,7 @@ def fit_array(
     rule = parse_rank(rank, dtype=dtype)
     width = sketch_size(rule, oversample, n_cols, n_rows, max_rank)
     cap = max_rank if max_rank is not None else default_max_rank(n_rows, n_cols)
-    blocks = row_blocks(a)
+    blocks = row_blocks(a) if blocks is None else _matching_blocks(blocks, a)
     timings: dict[str, float] = {}
     passes = 0
     while True:
