@@ -33,7 +33,7 @@ from streamsvd.store.factors import (
     read_factors,
     write_small_factors,
 )
-from streamsvd.store.matrix import matrix_array, read_meta
+from streamsvd.store.matrix import MatrixMeta, matrix_array, read_meta
 from streamsvd.store.repository import Store
 from streamsvd.store.row_block import RowBlock, row_blocks_of
 
@@ -164,7 +164,7 @@ def fit(
                 max_rank=max_rank,
                 sink=writer,
                 progress=progress,
-                blocks=_blocks_read_in_tasks(group, a),
+                blocks=_blocks_read_in_tasks(group, meta, a),
             )
             writer.merge_into_session()
             record = {
@@ -210,9 +210,11 @@ def fit(
     return summary
 
 
-def _blocks_read_in_tasks(group: zarr.Group, a: da.Array) -> list[RowBlock] | None:
+def _blocks_read_in_tasks(
+    group: zarr.Group, meta: MatrixMeta, a: da.Array
+) -> list[RowBlock] | None:
     """Dense rows for a fit's tasks to read themselves (see :mod:`streamsvd.store.row_block`)."""
-    if read_meta(group).kind == sparse.KIND:
+    if meta.kind == sparse.KIND:
         return None  # a sparse block is assembled from three arrays by its own task
     return row_blocks_of(matrix_array(group), a.chunks[0])
 

@@ -108,7 +108,7 @@ def test_a_broadcast_cut_by_a_lost_worker_is_tried_again(monkeypatch) -> None:
                 raise CommClosedError("in <TCP ConnectionPool.scatter>: Stream is closed")
             return ("future", value, broadcast)
 
-    monkeypatch.setattr(fit.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(fit, "_sleep", lambda seconds: None)
     client = Flaky(failures=fit.SCATTER_ATTEMPTS - 1)
     monkeypatch.setattr(fit, "current_client", lambda: client)
     assert fit.share("q") == ("future", "q", True)
@@ -117,3 +117,15 @@ def test_a_broadcast_cut_by_a_lost_worker_is_tried_again(monkeypatch) -> None:
     with pytest.raises(CommClosedError):
         fit.share("q")
     assert client.calls == fit.SCATTER_ATTEMPTS
+
+    class NoWorkers:
+        calls = 0
+
+        def scatter(self, value, broadcast):
+            self.calls += 1
+            raise TimeoutError("No valid workers found")
+
+    client = NoWorkers()  # not a lost worker: no point in trying again
+    with pytest.raises(TimeoutError):
+        fit.share("q")
+    assert client.calls == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import dask.array as da
@@ -18,7 +18,7 @@ from streamsvd.engine.fit import BlockWriter
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.linalg import sketch as sketch_module
 from streamsvd.store.factors import ForkWriter, URawWriter
-from streamsvd.store.row_block import row_blocks_of
+from streamsvd.store.row_block import RowBlock, row_blocks_of
 from tests.matrices import optimal_error, with_spectrum
 
 EPS = np.finfo(np.float64).eps
@@ -279,6 +279,17 @@ def test_each_pass_reads_each_chunk_once(rng, scheduler):
     assert data.reads == 3 * n_chunks
 
 
+class ObservedRowBlock(RowBlock):
+    """A RowBlock that notes, for every read, whether it ran on the main thread."""
+
+    __slots__ = ()
+    reads: ClassVar[list[bool]] = []
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        ObservedRowBlock.reads.append(threading.current_thread() is threading.main_thread())
+        return super().__array__(dtype, copy)
+
+
 class TaskCounter(Callback):
     """Counts the tasks a local Dask scheduler runs."""
 
@@ -302,13 +313,18 @@ def test_blocks_read_in_their_tasks_give_the_same_factors_with_fewer_tasks(rng, 
     plain_sink, sink = DictSink(), DictSink()
     with dask.config.set(scheduler="threads"), TaskCounter() as separate:
         plain = fit_array(a, **kw, sink=plain_sink)
+    ObservedRowBlock.reads.clear()
+    blocks = [ObservedRowBlock(b.array, b.start, b.stop) for b in row_blocks_of(z, a.chunks[0])]
     with dask.config.set(scheduler="threads"), TaskCounter() as fused:
-        res = fit_array(a, **kw, sink=sink, blocks=row_blocks_of(z, a.chunks[0]))
+        res = fit_array(a, **kw, sink=sink, blocks=blocks)
     for name in ("t", "s", "vt"):  # the same blocks in the same tree: the same rounding
         np.testing.assert_array_equal(getattr(res, name), getattr(plain, name), err_msg=name)
     np.testing.assert_array_equal(sink.u_raw(), plain_sink.u_raw())
-    # no read task per block and pass any more
-    assert fused.tasks <= separate.tasks - res.passes * a.numblocks[0]
+    # every block read once a pass, by the task that computes on it (a pool thread)
+    reads = ObservedRowBlock.reads
+    assert len(reads) == res.passes * a.numblocks[0]
+    assert not any(reads)
+    assert fused.tasks <= separate.tasks - res.passes * a.numblocks[0]  # no read tasks
 
 
 def test_blocks_must_match_the_row_blocks(rng):
@@ -318,6 +334,15 @@ def test_blocks_must_match_the_row_blocks(rng):
         fit_array(a, rank=2, blocks=row_blocks_of(z, (50, 50)))
     with pytest.raises(InvalidInputError, match="5 blocks of 4 columns"):
         fit_array(a, rank=2, blocks=row_blocks_of(z, (20, 20, 20, 20, 10)))
+    shifted = row_blocks_of(z, (20,) * 5)
+    shifted[1] = RowBlock(z, 10, 30)  # the right shape, the wrong rows
+    with pytest.raises(InvalidInputError, match="block 1 has rows 10:30, a's 20:40"):
+        fit_array(a, rank=2, blocks=shifted)
+    other = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=(100, 4), chunks=(10, 4), dtype="f4"
+    )
+    with pytest.raises(InvalidInputError, match="block 0 is float32, a is float64"):
+        fit_array(a, rank=2, blocks=row_blocks_of(other, (20,) * 5))
 
 
 def test_reads_with_sketch_growth(rng):

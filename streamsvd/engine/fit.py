@@ -186,6 +186,7 @@ def current_client() -> Any | None:
 
 #: Tries of a broadcast that a lost worker interrupted.
 SCATTER_ATTEMPTS = 3
+_sleep = time.sleep  # the wait between tries (tests replace it)
 
 
 def share(value: Any) -> Any:
@@ -200,16 +201,19 @@ def share(value: Any) -> Any:
     client = current_client()
     if client is None:
         return delayed(value, pure=True)
+    from distributed.comm import CommClosedError
+
     attempt = 1
     while True:
         try:
             return client.scatter(value, broadcast=True)
-        except OSError:  # distributed's CommClosedError is one
+        except CommClosedError:
             # A worker lost during the broadcast fails the whole call (the
             # scheduler closes the client's comm); the workers left take it again.
+            # (Not every OSError: a TimeoutError for "no workers" is final.)
             if attempt == SCATTER_ATTEMPTS:
                 raise
-            time.sleep(0.5 * attempt)
+            _sleep(0.5 * attempt)
             attempt += 1
 
 
@@ -245,11 +249,13 @@ def compute_pass(objs: Sequence[Any], *, progress: bool, label: str) -> tuple[An
 
 
 #: In-memory steps of at most this many ``n_cols · l²`` (a QR of ``Q``, the small
-#: SVDs) run on one BLAS thread. Below it a second thread saves little, and
-#: OpenBLAS leaves its threads spinning after each call: between the passes of
-#: the 2 GB fit benchmark (500 × 60) they spun for ≈ 0.1 s a step, and ≈ 0.4
-#: CPU-seconds after the last one, beside the commit (perf, 2 cores).
-SMALL_IN_MEMORY_FLOPS = 2**31
+#: SVDs) run on one BLAS thread. OpenBLAS leaves its threads spinning after each
+#: call: between the passes of the 2 GB fit benchmark (500 × 60) they spun for
+#: ≈ 0.1 s a step, and ≈ 0.4 CPU-seconds after the last one, beside the commit
+#: (perf, 2 cores). A QR and an SVD of the Gram took as long on one thread as on
+#: two at 5,000 × 200 (2e8; 0.068 s against 0.065 s), and 1.4× longer at
+#: 20,000 × 300 (1.8e9): hence about 2.7e8.
+SMALL_IN_MEMORY_FLOPS = 2**28
 
 
 def in_memory_blas(n_cols: int, width: int) -> contextlib.AbstractContextManager[Any]:
@@ -289,16 +295,29 @@ def row_blocks(a: da.Array) -> list[Delayed]:
 
 
 def _matching_blocks(blocks: Sequence[Any], a: da.Array) -> list[Any]:
-    """``blocks`` as a list, checked against ``a``'s row blocks (where they have a shape)."""
+    """``blocks`` as a list, checked against ``a``'s row blocks: their shapes, and
+    their row ranges and dtype where they say them (as a ``RowBlock`` does)."""
     given = list(blocks)
-    rows = tuple(int(r) for r in a.chunks[0])
-    expected = [(r, a.shape[1]) for r in rows]
+    sizes = [int(r) for r in a.chunks[0]]
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    expected = [(r, a.shape[1]) for r in sizes]
     shapes = [tuple(getattr(b, "shape", e)) for b, e in zip(given, expected, strict=False)]
-    if len(given) != len(rows) or shapes != expected:
+    problem = None
+    if len(given) != len(sizes) or shapes != expected:
+        problem = f"got {len(given)} of shapes {shapes[:3]}" + ("..." if len(shapes) > 3 else "")
+    else:
+        for i, b in enumerate(given):
+            rows = (getattr(b, "start", starts[i]), getattr(b, "stop", starts[i + 1]))
+            if rows != (starts[i], starts[i + 1]):
+                problem = f"block {i} has rows {rows[0]}:{rows[1]}, a's {starts[i]}:{starts[i + 1]}"
+                break
+            if np.dtype(getattr(b, "dtype", a.dtype)) != a.dtype:
+                problem = f"block {i} is {np.dtype(b.dtype)}, a is {a.dtype}"
+                break
+    if problem is not None:
         raise InvalidInputError(
-            f"blocks must be {len(rows)} blocks of {a.shape[1]} columns with the rows of "
-            f"a's row blocks; got {len(given)} of shapes {shapes[:3]}"
-            + ("..." if len(shapes) > 3 else "")
+            f"blocks must be {len(sizes)} blocks of {a.shape[1]} columns with the rows of "
+            f"a's row blocks; {problem}"
         )
     return given
 
@@ -315,7 +334,7 @@ class _Attempt:
 
 def _run_passes(
     a: da.Array,
-    blocks: list[Delayed],
+    blocks: list[Any],
     width: int,
     *,
     power_iters: int,
@@ -368,7 +387,7 @@ def _run_passes(
 
 def _final_pass(
     a: da.Array,
-    blocks: list[Delayed],
+    blocks: list[Any],
     q: FloatArray,
     shift: FloatArray | None,
     center: bool,
