@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from icechunk import IcechunkStore
 from zarr.codecs import BytesCodec, Endian
 from zarr.core.buffer import default_buffer_prototype
 
@@ -67,7 +68,10 @@ def write_whole_chunks(array: zarr.Array, rows: np.ndarray, start: int) -> bool:
         return False
     dtype = np.dtype(array.dtype).newbyteorder("<")
     buffer = default_buffer_prototype().buffer
-    keeps_buffers = isinstance(array.store, zarr.storage.MemoryStore)
+    # Icechunk copies what it is given into its own bytes, and a LocalStore writes
+    # it to a file before returning; any other store (a MemoryStore keeps the
+    # buffer itself) gets a copy.
+    copies = isinstance(array.store, (IcechunkStore, zarr.storage.LocalStore))
 
     async def put() -> None:
         writes = []
@@ -78,9 +82,7 @@ def write_whole_chunks(array: zarr.Array, rows: np.ndarray, start: int) -> bool:
                 full[: piece.shape[0]] = piece
                 piece = full
             flat = piece.reshape(-1).view(np.uint8)
-            # Stores copy what they are given (Icechunk into its own bytes, files
-            # by writing them) except a MemoryStore, which keeps the buffer itself.
-            data = buffer.from_array_like(flat.copy() if keeps_buffers else flat)
+            data = buffer.from_array_like(flat if copies else flat.copy())
             writes.append(array.store.set(_key(array, (start + lo) // step), data))
         await asyncio.gather(*writes)
 
