@@ -20,6 +20,7 @@ from streamsvd.linalg.rank import (
     sketch_size,
     tolerance_floor,
 )
+from tests.matrices import with_spectrum
 
 
 @pytest.mark.parametrize(
@@ -141,11 +142,11 @@ def test_rule_width_policy():
 
 
 def _low_rank_plus_noise(rng, m, n, r, sigma):
-    u = np.linalg.qr(rng.standard_normal((m, r)))[0]
-    v = np.linalg.qr(rng.standard_normal((n, r)))[0]
     # signal singular values 3–6 × the noise edge σ(√m + √n): well above τ
     edge = sigma * (math.sqrt(m) + math.sqrt(n))
-    return (u * np.linspace(6, 3, r) * edge) @ v.T + sigma * rng.standard_normal((m, n))
+    return with_spectrum(rng, m, n, np.linspace(6, 3, r) * edge) + sigma * rng.standard_normal(
+        (m, n)
+    )
 
 
 @pytest.mark.parametrize("how", ["given", "residual", "median"])
