@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from streamsvd.store.info import store_info
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.matrix import matrix_array, read_batch_log, write_rows
 from streamsvd.store.repository import Store
+from streamsvd.store.row_block import RowBlock, row_blocks_of
 from tests.conftest import count_landing_hashes, write_npy
 
 
@@ -373,3 +375,23 @@ def test_write_whole_chunks_declines_what_it_cannot_write(rng):
     untouched = plain_array()
     write_whole_chunks(untouched, rows, 2)
     np.testing.assert_array_equal(untouched[:], np.zeros((10, 3)))
+
+
+def test_row_blocks_read_their_rows_and_unpickle_one_array_per_process():
+    data = np.arange(60.0).reshape(20, 3)
+    array = zarr.create_array(zarr.storage.MemoryStore(), shape=(20, 3), chunks=(5, 3), dtype="f8")
+    array[:] = data
+    blocks = row_blocks_of(array, (8, 8, 4))
+    assert [b.shape for b in blocks] == [(8, 3), (8, 3), (4, 3)]
+    np.testing.assert_array_equal(np.vstack([np.asarray(b) for b in blocks]), data)
+    assert np.asarray(blocks[2], dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="no copy to avoid"):
+        np.asarray(blocks[0], copy=False)
+    copies = [pickle.loads(pickle.dumps(b)) for b in blocks]
+    assert copies[0].array is copies[1].array is copies[2].array  # one array, its caches shared
+    assert copies[0].array is not array
+    np.testing.assert_array_equal(np.vstack([np.asarray(b) for b in copies]), data)
+    alone = pickle.loads(pickle.dumps(RowBlock(array, 3, 6)))  # made without row_blocks_of
+    np.testing.assert_array_equal(np.asarray(alone), data[3:6])
+    with pytest.raises(ValueError, match="outside an array of 20 rows"):
+        RowBlock(array, 15, 21)
