@@ -41,7 +41,10 @@ from streamsvd.store.row_block import RowBlock, row_blocks_of
 ABSOLUTE_ERROR_FLOOR = 1e-11
 
 #: Bytes of stored data per Dask block: large enough that task overhead is
-#: negligible, small enough that a worker holds a few blocks in float64.
+#: negligible, small enough that a worker holds a few blocks in float64. On the
+#: 2 GB fit benchmark both neighbours were slower: threaded 6.9 s with 16 MiB and
+#: 8.2-8.5 s with 64 MiB blocks, against 6.4-6.6 s (embedded 8.0-8.6 s and
+#: 8.1-8.8 s against 6.9-7.8 s).
 BLOCK_BYTES = 32 * 1024 * 1024
 
 
