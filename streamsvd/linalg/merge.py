@@ -180,7 +180,7 @@ def condition(a: ArrayLike) -> float:
     arr = np.asarray(a, dtype=np.float64)
     if arr.size == 0 or arr.shape[0] < arr.shape[1]:
         return float("inf")
-    sig = np.linalg.svd(arr, compute_uv=False)
+    sig = _svdvals(arr)
     return float(sig[0] / sig[-1]) if sig[-1] > 0 else float("inf")
 
 

@@ -312,11 +312,7 @@ def final_block(
             colsum += a.sum(axis=0)
         flat = a.ravel()  # contiguous: BLAS ddot, 3× faster than einsum here
         sqnorm += float(flat @ flat)
-        if ones:
-            z_slice = a @ q
-            z[rows_slice, :width] = z_slice
-        else:  # z's rows are contiguous: the product goes straight into them
-            z_slice = np.matmul(a, q, out=z[rows_slice])
+        z_slice = np.matmul(a, q, out=z[rows_slice, :width])  # straight into U_raw's rows
         yt += z_slice.T @ a
     if ones:
         z[:, width] = 1.0
