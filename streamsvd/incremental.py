@@ -30,7 +30,7 @@ from streamsvd.linalg.sparse_update import append_sparse_rows
 from streamsvd.linalg.update import append_rows
 from streamsvd.linalg.update_centered import append_rows_centered
 from streamsvd.store import layout, sparse
-from streamsvd.store.factors import read_factors, write_small_factors
+from streamsvd.store.factors import read_factors, write_small_factors, write_u_raw_rows
 from streamsvd.store.ingest import (
     IngestOptions,
     ProgressCallback,
@@ -39,12 +39,7 @@ from streamsvd.store.ingest import (
     ingest_into,
     resolve_sources,
 )
-from streamsvd.store.matrix import (
-    BatchRecord,
-    RowAppender,
-    matrix_array,
-    read_meta,
-)
+from streamsvd.store.matrix import BatchRecord, RowAppender, matrix_array, read_meta
 from streamsvd.store.repository import Store
 
 #: Condition number of T above which U_raw is compacted (see linalg.compaction).
@@ -476,7 +471,7 @@ def _maybe_compact(state: _State) -> bool:
         new = compact_rows(block, state.t, ones=state.ones if centered else None)
         out = np.zeros((stop - start, u_raw.shape[1]))
         out[:, :width] = new
-        u_raw[start:stop] = out
+        write_u_raw_rows(u_raw, out, start)
     u_raw.resize((u_raw.shape[0], width))
     state.t, state.ones = compacted_t(rank, centered=centered)
     return True

@@ -97,6 +97,15 @@ class URawWriter:
         self._session.merge(self._done)
 
 
+def write_u_raw_rows(array: zarr.Array, rows: np.ndarray, start: int) -> None:
+    """Write rows of ``U_raw`` from row ``start``: whole plain chunks straight to the
+    store (:func:`streamsvd.store.chunks.write_whole_chunks`), else a chunk at a time."""
+    if not write_whole_chunks(array, rows, start):
+        # Skip zarr's scan of every chunk for all-zero ones: U_raw's (rare) zero
+        # chunks would only be stored, not lost.
+        write_rows(array.with_config({"write_empty_chunks": True}), rows, start)
+
+
 @dataclass(frozen=True)
 class ForkWriter:
     """Writes rows of ``U_raw`` into its own copy of the coordinator fork.
@@ -111,10 +120,7 @@ class ForkWriter:
     def write(self, rows: np.ndarray, start: int) -> Any:
         fork = pickle.loads(self.fork_bytes)
         array = zarr.open_array(fork.store, path=f"{layout.FACTORS}/{U_RAW}", mode="a")
-        if not write_whole_chunks(array, rows, start):
-            # Skip zarr's scan of every chunk for all-zero ones: U_raw's (rare) zero
-            # chunks would only be stored, not lost.
-            write_rows(array.with_config({"write_empty_chunks": True}), rows, start)
+        write_u_raw_rows(array, rows, start)
         return fork
 
     def merge(self, forks: list[Any]) -> Any:

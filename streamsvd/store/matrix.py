@@ -147,8 +147,9 @@ def write_rows(array: zarr.Array, rows: np.ndarray[Any, Any], start: int) -> Non
 
     Zarr passes a value that is exactly one chunk to the codecs as it is; a value
     spanning several chunks is copied piece by piece into new fill-valued chunks
-    first. Ingest's and the update's appends (:class:`RowAppender`) write this way;
-    the fit's ``U_raw`` goes through :func:`streamsvd.store.chunks.write_whole_chunks`.
+    first. Ingest's and the update's appends (:class:`RowAppender`) write this way,
+    and ``U_raw``'s rows where :func:`streamsvd.store.chunks.write_whole_chunks`
+    cannot (:func:`streamsvd.store.factors.write_u_raw_rows`).
     """
     step = int(array.chunks[0])
     stop = start + rows.shape[0]
