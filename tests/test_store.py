@@ -395,3 +395,13 @@ def test_row_blocks_read_their_rows_and_unpickle_one_array_per_process():
     np.testing.assert_array_equal(np.asarray(alone), data[3:6])
     with pytest.raises(ValueError, match="outside an array of 20 rows"):
         RowBlock(array, 15, 21)
+
+
+def test_compressors_for_refuses_names_that_are_not_resolved_codecs():
+    from streamsvd.store import layout
+
+    assert layout.compressors_for("none") is None
+    assert len(layout.compressors_for("zstd")) == 1
+    for name in ("auto", "zsdt"):  # unresolved, and a typo: never stored uncompressed silently
+        with pytest.raises(ValueError, match="not a resolved codec name"):
+            layout.compressors_for(name)

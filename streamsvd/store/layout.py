@@ -96,10 +96,13 @@ def compressors_for(codec: str) -> Any:
     """The Zarr v3 compressor list for a resolved codec name (see :func:`resolve_codec`)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    if codec == "auto":
-        raise ValueError("codec 'auto' must be resolved first (layout.resolve_codec)")
     if codec == "zstd":
         return [ZstdCodec(level=1)]
     if codec == "lz4":
         return [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]
-    return None
+    if codec == "none":
+        return None
+    raise ValueError(
+        f"codec {codec!r} is not a resolved codec name (zstd, lz4 or none; "
+        "'auto' is resolved by layout.resolve_codec)"
+    )
