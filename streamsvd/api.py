@@ -477,7 +477,7 @@ def export(
     )
     with _scheduler(scheduler):
         # Dask blocks are whole Zarr chunks: no two tasks touch one chunk. Through
-        # compute_pass, as every pass: one BLAS thread per task.
+        # compute_pass, as the fit's and verify's passes: one BLAS thread per task.
         stored_u = da.store(u, cast(Any, u_array), lock=False, compute=False)
         compute_pass([stored_u], progress=False, label="export")
     group.create_array("S", data=np.ascontiguousarray(factors.s[:k]))

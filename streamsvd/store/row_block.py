@@ -24,10 +24,10 @@ import zarr
 class RowBlock:
     """Rows ``start:stop`` of ``array``, read when converted by ``np.asarray``.
 
-    Every task of a pass carries one: it pickles the array's store and metadata
-    (1.6 KB for an Icechunk store; a zarr ``MemoryStore`` would carry its data
-    too), and a process unpickles each array once, however many blocks of it
-    its tasks read.
+    Every task of a pass carries one, as the array's pickled bytes (made once for
+    all the blocks by :func:`row_blocks_of`: 1.6 KB for an Icechunk store; a zarr
+    ``MemoryStore`` would carry its data too), and a process unpickles them once,
+    however many blocks of the array its tasks read.
 
     Examples
     --------
@@ -81,7 +81,7 @@ class RowBlock:
         return f"RowBlock({self.array.path or '/'}, rows {self.start}:{self.stop})"
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1)  # the array of the fit at hand; an older one is let go
 def _array_from(pickled: bytes) -> zarr.Array:
     """The array these bytes pickle, unpickled once per process (our own bytes)."""
     return cast(zarr.Array, pickle.loads(pickled))
