@@ -21,9 +21,7 @@ backed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +29,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_DATA, machine_note, markdown_table, timed
+from _common import (
+    BENCH_DATA,
+    child_argv,
+    machine_note,
+    mark_measured,
+    markdown_table,
+    report,
+    run_child,
+    timed,
+)
 
 
 def one_round(n_values: int, folder: Path) -> list[float]:
@@ -56,21 +63,23 @@ def main() -> None:
     )
     parser.add_argument("--mb", type=int, default=480, help="megabytes to touch (10⁶ bytes)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds, each in a new process")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = BENCH_DATA / "first-touch"
     n_values = args.mb * 1_000_000 // 8
     if args.child:
-        print(json.dumps(one_round(n_values, folder)))
+        seconds = one_round(n_values, folder)
+        mark_measured()
+        report({"seconds": seconds})
         return
     folder.mkdir(parents=True, exist_ok=True)
     print(f"# first touch of {args.mb} MB, {args.repeat} rounds, each in a new process")
     print(machine_note(), flush=True)
     rows = []
     for round_no in range(args.repeat):
-        argv = [sys.executable, __file__, "--child", "--mb", str(args.mb)]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        rows.append([f"{round_no + 1}", *(f"{t:.3f}" for t in json.loads(out))])
+        argv = child_argv(__file__, "round", ["--mb", str(args.mb)])
+        seconds = run_child("round", argv).result["seconds"]
+        rows.append([f"{round_no + 1}", *(f"{t:.3f}" for t in seconds)])
     os.rmdir(folder)
     headers = [
         "round",
