@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,9 +19,11 @@ from typer.testing import CliRunner
 import streamsvd
 import streamsvd.api
 from streamsvd.cli import app
+from streamsvd.engine import fit_array
 from streamsvd.errors import NoFactorsError, VerificationError
 from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.repository import Store
+from streamsvd.store.row_block import RowBlock
 from tests.conftest import write_npy
 from tests.matrices import optimal_error, with_spectrum
 
@@ -71,6 +74,26 @@ def test_fit_commits_factors_that_match_lapack(
     report = streamsvd.verify(path, scheduler="sync", check=False)
     assert report.ok
     assert report.measured_error == pytest.approx(measured, rel=1e-9)
+
+
+def test_a_dense_store_fit_reads_each_block_in_its_own_task(
+    store: tuple[Path, np.ndarray], many_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = store
+    given: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs.get("blocks"))
+        return fit_array(*args, **kwargs)
+
+    monkeypatch.setattr(streamsvd.api, "fit_array", spy)
+    streamsvd.fit(path, rank=3, scheduler="sync")
+    (blocks,) = given
+    assert blocks is not None
+    assert len(blocks) > 10
+    assert all(isinstance(b, RowBlock) for b in blocks)
+    assert [b.start for b in blocks[1:]] == [b.stop for b in blocks[:-1]]
+    assert blocks[-1].stop == 700
 
 
 def test_readers_of_the_old_version_keep_the_old_factors(
