@@ -338,13 +338,18 @@ def test_write_rows_by_chunk_equals_one_assignment(chunk, writes):
     np.testing.assert_array_equal(array[:], expect)
 
 
-def plain_array(**kw):
+def plain_array(store=None, **kw):
     kw = {"shape": (10, 3), "chunks": (4, 3), "dtype": "float64", "compressors": None, **kw}
-    return zarr.create_array(zarr.storage.MemoryStore(), **kw)
+    return zarr.create_array(store if store is not None else zarr.storage.MemoryStore(), **kw)
 
 
-def test_write_whole_chunks_stores_what_zarr_stores(rng):
-    direct, through_zarr = plain_array(), plain_array()
+@pytest.mark.parametrize("store_kind", ["memory", "local"])
+def test_write_whole_chunks_stores_what_zarr_stores(rng, tmp_path, store_kind):
+    # A LocalStore is given views of the rows (it writes them before returning);
+    # a MemoryStore, which would keep them, is given copies.
+    store = zarr.storage.LocalStore(tmp_path) if store_kind == "local" else None
+    direct = plain_array(store=store)
+    through_zarr = plain_array()
     rows = rng.standard_normal((10, 3))
     for lo, hi in [(0, 8), (8, 10)]:  # two whole chunks, then the edge chunk (padded)
         assert write_whole_chunks(direct, rows[lo:hi], lo)
