@@ -85,12 +85,18 @@ def count_landing_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return hashed
 
 
-def fitted_store(tmp: Path, data: np.ndarray, rank: int, **fit_args: Any) -> Path:
-    """A store of ``data`` (64-row chunks) with a synchronous fit of ``rank``."""
+def fitted_store(
+    tmp: Path, data: np.ndarray, rank: int, *, float64: bool = False, **fit_args: Any
+) -> Path:
+    """A store of ``data`` (64-row chunks) with a synchronous fit of ``rank``; with
+    ``float64`` both the stored rows and the fit's power passes are float64."""
     import streamsvd
 
+    options = streamsvd.IngestOptions(chunk_rows=64, dtype="float64" if float64 else None)
     store = tmp / "store"
-    streamsvd.ingest(store, [data], options=streamsvd.IngestOptions(chunk_rows=64))
+    streamsvd.ingest(store, [data], options=options)
+    if float64:
+        fit_args = {"dtype": "float64", **fit_args}
     streamsvd.fit(store, rank=rank, scheduler="sync", **fit_args)
     return store
 

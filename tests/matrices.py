@@ -15,9 +15,11 @@ def with_spectrum(rng: np.random.Generator, m: int, n: int, sigma: Array) -> Arr
     return (left * sigma) @ right.T
 
 
-def fast_decay(rng: np.random.Generator, m: int, n: int, noise: float = 1e-3) -> Array:
-    """σ_i = 10 · 0.6^i plus Gaussian noise of standard deviation ``noise``."""
-    sigma = 10.0 * 0.6 ** np.arange(min(m, n))
+def fast_decay(
+    rng: np.random.Generator, m: int, n: int, noise: float = 1e-3, rank: int | None = None
+) -> Array:
+    """σ_i = 10 · 0.6^i (``i < rank``, default all) plus Gaussian noise of deviation ``noise``."""
+    sigma = 10.0 * 0.6 ** np.arange(min(m, n) if rank is None else rank)
     return with_spectrum(rng, m, n, sigma) + noise * rng.standard_normal((m, n))
 
 

@@ -25,12 +25,7 @@ from streamsvd.store.ingest import IngestOptions, ingest
 from streamsvd.store.repository import Store
 from streamsvd.store.row_block import RowBlock
 from tests.conftest import write_npy
-from tests.matrices import optimal_error, with_spectrum
-
-
-def low_rank_plus_noise(rng: np.random.Generator, m: int, n: int, rank: int) -> np.ndarray:
-    sigma = 10.0 * 0.6 ** np.arange(rank)
-    return with_spectrum(rng, m, n, sigma) + 1e-3 * rng.standard_normal((m, n))
+from tests.matrices import fast_decay, optimal_error
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ def many_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
-    data = low_rank_plus_noise(rng, 700, 30, 8)
+    data = fast_decay(rng, 700, 30, rank=8)
     ingest(
         tmp_path / "store",
         [write_npy(tmp_path / "a.npy", data[:300]), write_npy(tmp_path / "b.npy", data[300:])],

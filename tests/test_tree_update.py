@@ -21,17 +21,10 @@ from streamsvd.engine.tree_update import (
 )
 from streamsvd.errors import ConfigError, InvalidInputError
 from streamsvd.store.repository import Store
-from tests.conftest import write_npy
+from tests.conftest import fitted_store, write_npy
 from tests.matrices import fast_decay, low_rank
 
 FLOAT64 = streamsvd.IngestOptions(chunk_rows=64, dtype="float64")
-
-
-def fitted(path: Path, rows: np.ndarray, rank: int, **fit_args: Any) -> Path:
-    store = path / "store"
-    streamsvd.ingest(store, [rows], options=FLOAT64)
-    streamsvd.fit(store, rank=rank, scheduler="sync", dtype="float64", **fit_args)
-    return store
 
 
 def files(path: Path, rows: np.ndarray, n_files: int) -> list[Path]:
@@ -43,8 +36,8 @@ def files(path: Path, rows: np.ndarray, n_files: int) -> list[Path]:
 
 
 def two_stores(tmp_path: Path, old: np.ndarray, rank: int, **fit_args: Any) -> tuple[Path, Path]:
-    return fitted(tmp_path / "par", old, rank, **fit_args), fitted(
-        tmp_path / "seq", old, rank, **fit_args
+    return fitted_store(tmp_path / "par", old, rank, float64=True, **fit_args), fitted_store(
+        tmp_path / "seq", old, rank, float64=True, **fit_args
     )
 
 
@@ -155,7 +148,7 @@ def test_truncated_stays_within_two_percent_of_a_fresh_fit(
     new = files(tmp_path / "new", data[600:], 6)
     parallel = streamsvd.update(par, new, parallel=True, scheduler="sync").relative_error
     sequential = streamsvd.update(seq, new, parallel=False).relative_error
-    fresh = fitted(tmp_path / "fresh", data, rank)
+    fresh = fitted_store(tmp_path / "fresh", data, rank, float64=True)
     fresh_error = streamsvd.open_factors(fresh).relative_error
     assert parallel <= 1.02 * fresh_error
     assert parallel <= 1.02 * sequential
@@ -238,7 +231,7 @@ def test_centred_store_refuses_parallel_and_auto_falls_back(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
     data = fast_decay(rng, 400, 12) + 3.0
-    store = fitted(tmp_path, data[:200], 3, center=True)
+    store = fitted_store(tmp_path, data[:200], 3, float64=True, center=True)
     new = files(tmp_path / "new", data[200:], 2)
     with pytest.raises(ConfigError, match=r"centred.*without --parallel"):
         streamsvd.update(store, new, parallel=True, scheduler="sync")
@@ -270,7 +263,7 @@ def test_sparse_store_refuses_parallel(tmp_path: Path, rng: np.random.Generator)
 
 def test_a_bad_file_in_the_middle_changes_nothing(tmp_path: Path, rng: np.random.Generator) -> None:
     data = fast_decay(rng, 500, 10)
-    store = fitted(tmp_path, data[:200], 3)
+    store = fitted_store(tmp_path, data[:200], 3, float64=True)
     new = files(tmp_path / "new", data[200:], 3)
     bad = data[300:400].copy()
     bad[17, 4] = np.nan
@@ -284,7 +277,7 @@ def test_a_bad_file_in_the_middle_changes_nothing(tmp_path: Path, rng: np.random
 
 def test_cli_parallel_flag(tmp_path: Path, rng: np.random.Generator) -> None:
     data = fast_decay(rng, 400, 10)
-    store = fitted(tmp_path, data[:200], 3)
+    store = fitted_store(tmp_path, data[:200], 3, float64=True)
     new = files(tmp_path / "new", data[200:], 3)
     args = ["update", str(store), *map(str, new), "--scheduler", "sync", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--parallel"])
