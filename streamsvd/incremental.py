@@ -11,7 +11,8 @@ never over the data) and records it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -64,11 +65,21 @@ class _State:
     rows: int
     last_fit: dict[str, Any]  # the record of the last full fit, read with the factors
     sketched: int = 0
-    u_raw_writes: RowAppender | None = None  # set by update() around every fold-in
+    u_raw_writes: RowAppender | None = None  # held by appending_u_raw()
+
+    @contextmanager
+    def appending_u_raw(self) -> Iterator[None]:
+        """Write new ``U_raw`` rows in the background for the block (all written on exit)."""
+        with RowAppender(self.u_raw) as writes:
+            self.u_raw_writes = writes
+            try:
+                yield
+            finally:
+                self.u_raw_writes = None
 
     def _writes(self) -> RowAppender:
         if self.u_raw_writes is None:  # pragma: no cover - an invariant of update()
-            raise RuntimeError("U_raw rows are appended only while update() holds a writer")
+            raise RuntimeError("U_raw rows are appended only inside appending_u_raw()")
         return self.u_raw_writes
 
     @property
@@ -250,8 +261,7 @@ def update(
 
             # New rows of U_raw are written in the background while the next block is
             # folded in (one write in flight); everything below reads U_raw after it.
-            with RowAppender(state.u_raw) as u_raw_writes:
-                state.u_raw_writes = u_raw_writes
+            with state.appending_u_raw():
                 # Where each batch starts and the γ applied before it: the row weights
                 # (γ^age) that `verify` needs to measure the weighted matrix.
                 forget_batches: list[list[float]] = []
@@ -297,7 +307,6 @@ def update(
                     partial = ingest_into(
                         tx, items, options, progress, created=False, on_block=fold_in
                     )
-            state.u_raw_writes = None
             rows_added = sum(b.rows for b in partial.batches)
             if not partial.batches and caught_up == 0:
                 return UpdateReport(
